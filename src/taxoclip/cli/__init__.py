@@ -1,0 +1,65 @@
+"""The `taxoclip` command line: one sub-command per task, each a thin module in this package.
+
+A sub-command module defines `register(subparsers)`, which adds its parser and sets
+`func` to a `run(args) -> int` function. Modules here import only argparse at load time,
+so `taxoclip --help` answers at once; the work is imported inside `run`.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from .. import __version__
+
+# Sub-command modules, in the order `--help` lists them.
+COMMANDS = ["predict", "embed", "list_models", "list_taxa", "data", "train"]
+
+
+class UserError(Exception):
+    """Bad input from the user: printed as one line, exit status 2, no traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="taxoclip",
+        description="Identify species across the tree of life from photos (BioCLIP 2), "
+                    "build training data, train and evaluate models.")
+    parser.add_argument("--version", action="version", version=f"taxoclip {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as e:  # a sub-command whose module is not written yet
+            if e.name != f"{__name__}.{name}":
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"taxoclip {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `taxoclip predict … | head`
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Models: ids and the registry, loading in the open_clip layout, preprocessing, precision.
+
+    >>> from taxoclip.models import load_model
+    >>> model = load_model("bioclip-2")            # bf16 on CPUs that run it natively
+    >>> model.encode_image(pixels)                  # [B, 768], L2-normalised
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .clip import ClipModel
+from .loading import ModelLoadError, ModelSource, hf_file, instantiate, resolve
+from .preprocess import ImagePreprocess
+from .registry import ModelCard, find_card, list_cards, register
+from .runtime import configure_threads, resolve_device, resolve_precision
+
+__all__ = [
+    "ClipModel", "ModelCard", "ModelLoadError", "ModelSource", "ImagePreprocess",
+    "load_model", "list_models", "resolve", "instantiate", "register", "find_card", "list_cards",
+    "resolve_device", "resolve_precision", "hf_file", "save_model",
+]
+
+DEFAULT_MODEL = "bioclip-2"
+
+
+def load_model(model_id: str = DEFAULT_MODEL, *, pretrained: str | None = None, device: str = "auto",
+               precision: str = "auto", text: bool = False) -> ClipModel:
+    """Load any model id for inference.
+
+    `text=False` defers reading the text tower until a text is encoded (a Tree-of-Life
+    prediction never needs it). Raises `ModelLoadError` with the id and the cause.
+    """
+    configure_threads()
+    dev = resolve_device(device)
+    dtype = resolve_precision(precision, dev)
+    source = resolve(model_id, pretrained)
+    try:
+        return ClipModel.load(source, device=dev, dtype=dtype, text=text)
+    except (OSError, RuntimeError, ValueError) as e:
+        if isinstance(e, ModelLoadError):
+            raise
+        raise ModelLoadError(f"model {model_id}: cannot read weights {source.weights}: {e}") from e
+
+
+def list_models() -> list[str]:
+    """Registered aliases first, then every open_clip architecture name."""
+    import open_clip
+
+    return [c.name for c in list_cards()] + list(open_clip.list_models())
+
+
+def save_model(net: torch.nn.Module, model_cfg: dict, out_dir: str | Path, preprocess_cfg: dict | None = None) -> Path:
+    """Write `open_clip_config.json` + `open_clip_model.safetensors`, the layout every loader reads."""
+    import json
+
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
+    tmp = out / "open_clip_model.safetensors.tmp"
+    save_file(state, str(tmp))
+    tmp.replace(out / "open_clip_model.safetensors")
+    cfg = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg or {}}
+    (out / "open_clip_config.json").write_text(json.dumps(cfg, indent=2))
+    return out

@@ -1,0 +1,149 @@
+"""`ClipModel`: a loaded image-text model with its preprocessing, tokenizer and precision.
+
+Towers are read on demand: identifying species against a published vocabulary needs only
+the image tower, so the text tower's weights stay on disk until a text is first encoded.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .loading import ModelSource, fast_load, fix_derived_buffers, full_load, is_text_key, load_weights, meta_leftovers
+from .preprocess import ImagePreprocess
+
+__all__ = ["ClipModel"]
+
+log = logging.getLogger(__name__)
+
+
+class ClipModel:
+    """An open_clip model ready for inference (eval mode, no gradients, one precision)."""
+
+    def __init__(self, source: ModelSource, net: nn.Module, *, device: torch.device, dtype: torch.dtype,
+                 scalars: dict[str, torch.Tensor], text_loaded: bool):
+        self.source = source
+        self.net = net.eval()
+        self.device = device
+        self.dtype = dtype
+        self.preprocess = ImagePreprocess.from_config(source.preprocess_cfg)
+        ls = scalars.get("logit_scale")
+        self.logit_scale = float(ls.exp()) if ls is not None else 100.0
+        self._text_loaded = text_loaded
+        self._tokenizer = None
+        self._image_forward = net.visual
+        self._compiled_batch: int | None = None
+        self._lock = threading.Lock()
+
+    # ----- construction ---------------------------------------------------------------------
+    @classmethod
+    def load(cls, source: ModelSource, *, device: torch.device, dtype: torch.dtype,
+             text: bool = False) -> "ClipModel":
+        """Read the image tower (and the text tower if `text`) from `source.weights`."""
+        if source.weights is None:
+            raise ValueError(f"model {source.id} has no weights")
+        want = (lambda k: True) if text else (lambda k: not is_text_key(k))
+        loaded = fast_load(source.model_cfg, source.weights, dtype, device, want)
+        if loaded is None:
+            net, scalars = full_load(source.model_cfg, source.weights, dtype, device)
+            text = True
+        else:
+            net, scalars = loaded
+            leftovers = [k for k in meta_leftovers(net) if text or not is_text_key(k)]
+            if leftovers:  # a tower with computed buffers we do not know how to rebuild
+                log.info("meta tensors left (%s); using open_clip loading", leftovers[:3])
+                net, scalars = full_load(source.model_cfg, source.weights, dtype, device)
+                text = True
+        return cls(source, net, device=device, dtype=dtype, scalars=scalars, text_loaded=text)
+
+    # ----- properties -----------------------------------------------------------------------
+    @property
+    def id(self) -> str:
+        return self.source.id
+
+    @property
+    def card(self):
+        return self.source.card
+
+    @property
+    def embed_dim(self) -> int:
+        proj = getattr(self.net.visual, "proj", None)
+        if isinstance(proj, torch.Tensor):
+            return proj.shape[-1]
+        return int(self.source.model_cfg["embed_dim"])
+
+    @property
+    def fingerprint(self) -> str:
+        return self.source.fingerprint
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = _make_tokenizer(self.source)
+        return self._tokenizer
+
+    # ----- encoders -------------------------------------------------------------------------
+    def compile(self, batch_size: int) -> None:
+        """Compile the image tower for a fixed batch size (inputs are padded to it).
+
+        Worth it for long runs only: the first batch pays tens of seconds of compilation.
+        On the CPU, weights are frozen into the graph (prepacked for oneDNN).
+        """
+        options = {"freezing": True} if self.device.type == "cpu" else {}
+        self._image_forward = torch.compile(self.net.visual, dynamic=False, options=options)
+        self._compiled_batch = batch_size
+
+    @torch.inference_mode()
+    def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """[B, 3, H, W] float pixels -> [B, D] float32 embeddings."""
+        n = pixels.shape[0]
+        x = pixels.to(device=self.device, dtype=self.dtype, non_blocking=True)
+        if self._compiled_batch and n < self._compiled_batch:
+            x = torch.cat([x, x.new_zeros((self._compiled_batch - n, *x.shape[1:]))])
+        feats = self._image_forward(x)[:n].float()
+        return F.normalize(feats, dim=-1) if normalize else feats
+
+    @torch.inference_mode()
+    def encode_text(self, texts: Sequence[str], normalize: bool = True, batch_size: int = 256) -> torch.Tensor:
+        """Texts -> [N, D] float32 embeddings (loads the text tower on first use)."""
+        self._ensure_text()
+        out = []
+        for i in range(0, len(texts), batch_size):
+            tokens = self.tokenizer(list(texts[i:i + batch_size])).to(self.device)
+            feats = self.net.encode_text(tokens).float()
+            out.append(F.normalize(feats, dim=-1) if normalize else feats)
+        if not out:
+            return torch.empty(0, self.embed_dim)
+        return torch.cat(out)
+
+    def _ensure_text(self) -> None:
+        with self._lock:
+            if self._text_loaded:
+                return
+            load_weights(self.net, self.source.weights, self.dtype, self.device, is_text_key)
+            fix_derived_buffers(self.net, self.device)
+            left = meta_leftovers(self.net)
+            if left:
+                raise RuntimeError(f"model {self.id}: text tower incomplete after loading ({left[:3]})")
+            self._text_loaded = True
+
+    def __repr__(self) -> str:
+        return f"ClipModel({self.id!r}, device={self.device}, dtype={str(self.dtype).replace('torch.', '')})"
+
+
+def _make_tokenizer(source: ModelSource):
+    from open_clip.tokenizer import HFTokenizer, SimpleTokenizer
+
+    text_cfg = source.model_cfg.get("text_cfg", {})
+    ctx = text_cfg.get("context_length", 77)
+    kwargs = text_cfg.get("tokenizer_kwargs", {})
+    if source.tokenizer_dir is not None:
+        return HFTokenizer(str(source.tokenizer_dir), context_length=ctx, **kwargs)
+    if "hf_tokenizer_name" in text_cfg:
+        return HFTokenizer(text_cfg["hf_tokenizer_name"], context_length=ctx, **kwargs)
+    return SimpleTokenizer(context_length=ctx)
+

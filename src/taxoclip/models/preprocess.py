@@ -1,0 +1,85 @@
+"""Image preprocessing: a picklable description of how a model wants its pixels.
+
+Worker processes receive an `ImagePreprocess` and turn decoded images into tensors, so the
+main process only runs the model.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from PIL import Image
+
+__all__ = ["ImagePreprocess"]
+
+_PIL_FILTERS = {
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "lanczos": Image.Resampling.LANCZOS,
+    "nearest": Image.Resampling.NEAREST,
+}
+
+
+@dataclass(frozen=True)
+class ImagePreprocess:
+    """Resize policy, size and normalisation (the fields of open_clip's `PreprocessCfg`).
+
+    `squash` resizes to size x size ignoring aspect (how BioCLIP's training shards were made);
+    `shortest` resizes the shorter side and centre-crops (open_clip's default); `longest`
+    fits the longer side and pads with `fill_color`.
+    """
+
+    size: int = 224
+    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+    interpolation: str = "bicubic"
+    resize_mode: str = "shortest"
+    fill_color: int = 0
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "ImagePreprocess":
+        size = cfg.get("size", 224)
+        if isinstance(size, (list, tuple)):
+            if len(set(size)) != 1:
+                raise ValueError(f"non-square input size {size} is not supported")
+            size = size[0]
+        known = {k: cfg[k] for k in ("interpolation", "resize_mode", "fill_color") if cfg.get(k) is not None}
+        return cls(size=int(size), mean=tuple(cfg.get("mean", cls.mean)), std=tuple(cfg.get("std", cls.std)), **known)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        """RGB PIL image -> normalised float32 tensor [3, size, size]."""
+        import torchvision.transforms.functional as TF
+
+        if self.resize_mode == "squash" and self.interpolation == "bilinear":
+            # Resize the float tensor with antialiasing, exactly as pybioclip does, so that
+            # fp32 scores agree with it to float rounding.
+            x = TF.to_tensor(img)
+            x = TF.resize(x, [self.size, self.size], antialias=True)
+        else:
+            x = TF.to_tensor(self._resize_pil(img))
+        return TF.normalize(x, self.mean, self.std)
+
+    def _resize_pil(self, img: Image.Image) -> Image.Image:
+        s, filt = self.size, _PIL_FILTERS[self.interpolation]
+        w, h = img.size
+        if self.resize_mode == "squash":
+            return img.resize((s, s), filt)
+        if self.resize_mode == "longest":
+            scale = s / max(w, h)
+            img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), filt)
+            canvas = Image.new("RGB", (s, s), (self.fill_color,) * 3)
+            canvas.paste(img, ((s - img.width) // 2, (s - img.height) // 2))
+            return canvas
+        # shortest side to s, then centre crop (open_clip / torchvision semantics)
+        import torchvision.transforms.functional as TF
+
+        scale = s / min(w, h)
+        img = img.resize((max(s, round(w * scale)), max(s, round(h * scale))), filt)
+        return TF.center_crop(img, [s, s])
+
+    def draft_size(self) -> tuple[int, int]:
+        """The smallest decode size that loses nothing after resizing (for JPEG draft mode)."""
+        return (self.size, self.size)

@@ -1,0 +1,68 @@
+"""Device and numeric precision: what `auto` means on the machine we run on."""
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+__all__ = ["resolve_device", "resolve_precision", "DTYPES", "cpu_has_fast_bf16", "configure_threads"]
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = ("auto", *DTYPES)
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """`auto` picks CUDA, then Apple's MPS, then the CPU; asking for a missing one is an error."""
+    if isinstance(device, torch.device):
+        return device
+    name = str(device).lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but no CUDA GPU is available")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"device {device!r} requested but Apple MPS is not available")
+    return dev
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_fast_bf16() -> bool:
+    """True where the CPU multiplies bf16 natively (AMX or AVX512-BF16), so bf16 beats fp32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+        return any(flag in flags.split() for flag in ("amx_bf16", "avx512_bf16"))
+    except OSError:
+        return False
+
+
+def resolve_precision(precision: str = "auto", device: torch.device | str = "cpu") -> torch.dtype:
+    """`auto` = bf16 where the hardware runs it natively (cosine >= 0.999 with fp32), else fp32."""
+    name = str(precision).lower()
+    if name not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    dev = torch.device(device)
+    if name != "auto":
+        if name == "fp16" and dev.type == "cpu":
+            raise ValueError("fp16 is not supported on the CPU (no fast kernels); use bf16 or fp32")
+        return DTYPES[name]
+    if dev.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if dev.type == "mps":
+        return torch.float16
+    return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+
+
+def configure_threads() -> int:
+    """Use every core we are allowed for intra-op work (containers often cap the CPU set)."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, n))
+    return torch.get_num_threads()

@@ -1,0 +1,537 @@
+"""Vocabulary: banks of class text embeddings, and exact softmax scoring over them.
+
+A `TextBank` is an [N, D] matrix of L2-normalised class embeddings (row-major, usually
+memory-mapped) with a table of what each row is: seven ranks and a common name for taxa,
+or a `label` for a custom list. Banks come from
+
+* the published Tree-of-Life vocabularies (`txt_emb_species.npy` [D, N] float32 and
+  `txt_emb_species.json`), converted once into a cached compact form keyed by the files'
+  identity, all-zero columns dropped;
+* any taxa table or label list, embedded with a model through prompt templates (cached by
+  model, templates and texts).
+
+Scoring is the exact softmax over every row, computed in chunks: memory stays at
+O(batch x chunk) however large the vocabulary. With a bf16 bank the matrix product is
+done in bf16 (fast on CPUs with AVX512-BF16/AMX) and the few candidates that matter are
+rescored in fp32, so the reported probabilities keep fp32 accuracy.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .cache import cache_entry, hash_key
+from .taxonomy import RANKS, Rank, Taxon, apply_templates
+
+if TYPE_CHECKING:
+    from .models import ClipModel
+
+__all__ = ["TextBank", "RANK_COLUMNS", "TAXA_COLUMNS", "VocabularyError"]
+
+log = logging.getLogger(__name__)
+
+RANK_COLUMNS = ["kingdom", "phylum", "class", "order", "family", "genus", "species_epithet"]
+TAXA_COLUMNS = RANK_COLUMNS + ["common_name"]
+EMB_FILE, NAMES_FILE = "txt_emb_species.npy", "txt_emb_species.json"
+CHUNK_ROWS = 65536
+_STORAGE = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.uint16}
+
+
+class VocabularyError(ValueError):
+    """A vocabulary that cannot be found or read, or a subset that does not match it."""
+
+
+class TextBank:
+    """Class embeddings [N, D] and the table describing each row."""
+
+    def __init__(self, embeddings: torch.Tensor, table: pd.DataFrame, *, name: str = "",
+                 index: np.ndarray | None = None, cache_dir: Path | None = None):
+        if embeddings.ndim != 2 or len(table) != embeddings.shape[0]:
+            raise VocabularyError(f"bank {name}: {tuple(embeddings.shape)} embeddings for {len(table)} table rows")
+        self._emb = embeddings
+        self._table_all = table
+        self._index = index
+        self.name = name
+        self.cache_dir = cache_dir
+        self._table: pd.DataFrame | None = None
+        self._groups: dict[int, tuple[torch.Tensor, pd.DataFrame]] = {}
+
+    # ----- description ---------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._index) if self._index is not None else self._emb.shape[0]
+
+    def __repr__(self) -> str:
+        return f"TextBank({self.name!r}, n={len(self)}, dim={self.dim}, dtype={str(self.dtype).replace('torch.', '')})"
+
+    @property
+    def dim(self) -> int:
+        return self._emb.shape[1]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._emb.dtype
+
+    @property
+    def is_taxonomic(self) -> bool:
+        return all(c in self._table_all.columns for c in RANK_COLUMNS)
+
+    @property
+    def table(self) -> pd.DataFrame:
+        """One row per class: the rank columns and `common_name` (taxa) or `label` (custom lists)."""
+        if self._table is None:
+            t = self._table_all if self._index is None else self._table_all.iloc[self._index]
+            self._table = t.reset_index(drop=True)
+        return self._table
+
+    @property
+    def labels(self) -> list[str]:
+        if "label" in self.table.columns:
+            return self.table["label"].tolist()
+        return [" ".join(p for p in r if p) for r in self.table[RANK_COLUMNS + ["common_name"]].itertuples(index=False)]
+
+    def taxon(self, i: int) -> Taxon:
+        row = self.table.iloc[int(i)]
+        return Taxon.from_ranks([row[c] for c in RANK_COLUMNS], row.get("common_name", ""))
+
+    def embeddings(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """All rows as one tensor (materialised; for small banks and analyses)."""
+        return torch.cat([c.to(dtype) for _, c in self._chunks()]) if len(self) else torch.empty(0, self.dim, dtype=dtype)
+
+    def label_data(self) -> pd.DataFrame:
+        """pybioclip's `get_label_data`: ranks, `species` binomial and `common_name` per row."""
+        t = self.table
+        if not self.is_taxonomic:
+            return t.copy()
+        out = t[RANK_COLUMNS[:-1]].copy()
+        out["species_epithet"] = t["species_epithet"]
+        out["species"] = _binomials(t)
+        out["common_name"] = t["common_name"]
+        return out
+
+    # ----- subsets ---------------------------------------------------------------------------
+    def subset(self, keep: np.ndarray | Sequence[bool] | Sequence[int]) -> "TextBank":
+        """Rows selected by a boolean mask or by positions; shares storage with this bank."""
+        keep = np.asarray(keep)
+        pos = np.flatnonzero(keep) if keep.dtype == bool else keep.astype(np.int64)
+        if keep.dtype == bool and len(keep) != len(self):
+            raise VocabularyError(f"subset mask has {len(keep)} entries, bank {self.name} has {len(self)} rows")
+        if len(pos) == 0:
+            raise VocabularyError(f"subset of {self.name} is empty")
+        base = pos if self._index is None else self._index[pos]
+        return TextBank(self._emb, self._table_all, name=f"{self.name}[subset {len(pos)}]", index=base)
+
+    def where(self, rank: Rank | str, values: Iterable[str]) -> "TextBank":
+        """Rows whose value at `rank` is one of `values`; unknown values are an error (as pybioclip)."""
+        r = Rank.parse(rank)
+        if not self.is_taxonomic:
+            raise VocabularyError(f"bank {self.name} has no taxonomy to filter by {r.label}")
+        column = _binomials(self.table) if r is Rank.SPECIES else self.table[RANK_COLUMNS[r]]
+        wanted = pd.Series([str(v).strip() for v in values], dtype=object)
+        unknown = wanted[~wanted.isin(set(column))]
+        if len(unknown):
+            shown = ", ".join(unknown.head(10)) + (" …" if len(unknown) > 10 else "")
+            raise VocabularyError(f"unknown {r.label} in {self.name}: {shown}")
+        return self.subset(column.isin(set(wanted)).to_numpy())
+
+    def subset_from_csv(self, path: str | os.PathLike) -> "TextBank":
+        """pybioclip's `--subset` file: a CSV whose first column is named after a rank."""
+        try:
+            df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+            raise VocabularyError(f"cannot read subset file {path}: {e}") from None
+        if df.shape[1] == 0:
+            raise VocabularyError(f"subset file {path} has no columns")
+        first = str(df.columns[0]).strip().lower()
+        if first not in RANKS:
+            raise VocabularyError(f"the first column of {path} is named {df.columns[0]!r} but must be one of {', '.join(RANKS)}")
+        return self.where(first, df.iloc[:, 0])
+
+    # ----- scoring ---------------------------------------------------------------------------
+    def _chunks(self, rows: int = CHUNK_ROWS):
+        n = len(self)
+        for s in range(0, n, rows):
+            e = min(n, s + rows)
+            if self._index is None:
+                yield s, self._emb[s:e]
+            else:
+                yield s, self._emb[torch.from_numpy(self._index[s:e])]
+
+    def _rows(self, positions: torch.Tensor) -> torch.Tensor:
+        flat = positions.reshape(-1).cpu().numpy()
+        if self._index is not None:
+            flat = self._index[flat]
+        return self._emb[torch.from_numpy(np.ascontiguousarray(flat))].reshape(*positions.shape, self.dim)
+
+    def _compute_dtype(self, device: torch.device) -> torch.dtype:
+        """bf16 products where the CPU has native bf16 and the bank is bf16; fp32 elsewhere.
+
+        (A bf16 or fp16 product rounds its output, so those logits are only a first pass.)
+        """
+        return torch.bfloat16 if device.type == "cpu" and self.dtype == torch.bfloat16 else torch.float32
+
+    def _logit_chunks(self, feats: torch.Tensor, scale: float):
+        f = feats.to(self._compute_dtype(feats.device))
+        for s, rows in self._chunks():
+            rows = rows.to(feats.device, non_blocking=True)
+            if rows.dtype != f.dtype:
+                rows = rows.to(f.dtype)
+            yield s, (f @ rows.T).float().mul_(scale)
+
+    def _scan(self, feats: torch.Tensor, scale: float, n_candidates: int):
+        """One pass over the bank: log-partition and the best candidates, exactly in fp32.
+
+        Returns (lse [B], cand_logits [B, M] exact, cand_pos [B, M]).
+        """
+        f32 = feats.float()
+        device = feats.device
+        low = self._compute_dtype(device) != torch.float32
+        B = f32.shape[0]
+        m = torch.full((B,), float("-inf"), device=device)
+        z = torch.zeros(B, dtype=torch.float64, device=device)
+        cand_v = torch.empty(B, 0, device=device)
+        cand_i = torch.empty(B, 0, dtype=torch.long, device=device)
+        for s, logits in self._logit_chunks(f32, scale):
+            new_m = torch.maximum(m, logits.max(dim=1).values)
+            z = z * torch.exp(m - new_m).double() + torch.exp(logits - new_m[:, None]).sum(1, dtype=torch.float64)
+            m = new_m
+            v, i = logits.topk(min(n_candidates, logits.shape[1]), dim=1)
+            cand_v = torch.cat([cand_v, v], 1)
+            cand_i = torch.cat([cand_i, i + s], 1)
+            if cand_v.shape[1] > n_candidates:
+                cand_v, j = cand_v.topk(n_candidates, dim=1)
+                cand_i = cand_i.gather(1, j)
+        if low:  # rescore candidates in fp32 and correct the partition function with them
+            exact = torch.einsum("bd,bmd->bm", f32, self._rows(cand_i).to(device).float()) * scale
+            z = z + (torch.exp(exact - m[:, None]) - torch.exp(cand_v - m[:, None])).sum(1, dtype=torch.float64)
+            cand_v = exact
+        lse = m + torch.log(z).float()
+        return lse, cand_v, cand_i
+
+    @torch.inference_mode()
+    def top_k(self, feats: torch.Tensor, k: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Best `k` rows per image: (probabilities [B, k'], positions [B, k']), k' = min(k, N)."""
+        k = _check_k(k, len(self))
+        lse, v, i = self._scan(feats, scale, max(4 * k, 64))
+        v, order = v.topk(k, dim=1)
+        return torch.exp(v - lse[:, None]).cpu(), i.gather(1, order).cpu()
+
+    @torch.inference_mode()
+    def probabilities(self, feats: torch.Tensor, scale: float) -> torch.Tensor:
+        """The full softmax [B, N] (for small banks, such as custom label lists)."""
+        rows = self.embeddings(torch.float32).to(feats.device)
+        return torch.softmax(feats.float() @ rows.T * scale, dim=1).cpu()
+
+    @torch.inference_mode()
+    def rollup(self, feats: torch.Tensor, rank: Rank | str, k: int, scale: float,
+               min_prob: float = 1e-9) -> tuple[torch.Tensor, torch.Tensor]:
+        """Best `k` taxa at a higher rank: each scores the summed probability of its rows.
+
+        Rows with probability <= `min_prob` are left out of the sums, as pybioclip does.
+        Returns (probabilities [B, k'], group ids [B, k']); `groups(rank)` describes the ids.
+        """
+        r = Rank.parse(rank)
+        codes, groups = self.groups(r)
+        k = _check_k(k, len(groups))
+        lse, cand_v, cand_i = self._scan(feats, scale, 64)
+        low = self._compute_dtype(feats.device) != torch.float32
+        acc = torch.zeros(feats.shape[0], len(groups), dtype=torch.float64, device=feats.device)
+        codes = codes.to(feats.device)
+        for s, logits in self._logit_chunks(feats.float(), scale):
+            e = s + logits.shape[1]
+            if low:  # use the fp32 logits of the candidates that fall in this chunk
+                b, j = torch.nonzero((cand_i >= s) & (cand_i < e), as_tuple=True)
+                logits[b, cand_i[b, j] - s] = cand_v[b, j]
+            p = torch.exp(logits - lse[:, None])
+            p = torch.where(p > min_prob, p, 0.0).double()
+            acc.index_add_(1, codes[s:e], p)
+        v, g = acc.float().topk(k, dim=1)
+        return v.cpu(), g.cpu()
+
+    def groups(self, rank: Rank | str) -> tuple[torch.Tensor, pd.DataFrame]:
+        """Group id of every row at `rank` and a table of the groups (rank columns up to it).
+
+        Rows group by their full lineage down to the rank, so two families of the same name
+        under different orders stay apart (pybioclip joins the names the same way).
+        """
+        r = Rank.parse(rank)
+        if r not in self._groups:
+            if not self.is_taxonomic:
+                raise VocabularyError(f"bank {self.name} has no taxonomy to group by {r.label}")
+            stored = self.cache_dir / f"groups-{r.label}" if self.cache_dir and self._index is None else None
+            if stored is not None and (stored / "codes.npy").exists():
+                codes = np.load(stored / "codes.npy")
+                table = pd.read_parquet(stored / "groups.parquet")
+            else:
+                codes, table = _group(self.table, r)
+                if stored is not None:
+                    _save_groups(stored, codes, table)
+            self._groups[r] = (torch.from_numpy(codes.astype(np.int64)), table)
+        return self._groups[r]
+
+    # ----- constructors ----------------------------------------------------------------------
+    @classmethod
+    def from_arrays(cls, embeddings: np.ndarray | torch.Tensor, table: pd.DataFrame | Sequence[str],
+                    name: str = "custom") -> "TextBank":
+        emb = torch.as_tensor(np.asarray(embeddings) if not isinstance(embeddings, torch.Tensor) else embeddings)
+        if not isinstance(table, pd.DataFrame):
+            table = pd.DataFrame({"label": list(table)})
+        return cls(emb, table.reset_index(drop=True), name=name)
+
+    @classmethod
+    def from_published(cls, source: str | os.PathLike | None = None, *, model: "ClipModel | None" = None,
+                       dtype: torch.dtype | None = None) -> "TextBank":
+        """The Tree-of-Life vocabulary of a model (or at `source`), converted once and cached.
+
+        `source`: None (the model's own, from its card), an HF dataset repo
+        (`imageomics/TreeOfLife-200M` or `hf-dataset:…`), a directory holding
+        `txt_emb_species.npy`/`.json` (or an `embeddings/` folder with them), or the .npy path.
+        `dtype` defaults to the model's precision (bf16 on most CPUs, fp32 for exact runs).
+        """
+        npy, names = _published_files(source, model)
+        dtype = dtype or (model.dtype if model is not None else torch.float32)
+        if dtype not in _STORAGE:
+            raise VocabularyError(f"unsupported bank dtype {dtype}")
+        from .models.loading import file_fingerprint
+
+        key = hash_key("published", file_fingerprint(npy), file_fingerprint(names), str(dtype))
+        with cache_entry("banks", key) as (final, tmp):
+            if tmp is not None:
+                _convert_published(npy, names, tmp, dtype)
+        bank = cls._open(final, name=str(source or (model.card.vocabulary_repo if model and model.card else npy)))
+        if model is not None and bank.dim != model.embed_dim:
+            raise VocabularyError(f"vocabulary {bank.name} has {bank.dim}-d embeddings but model {model.id} "
+                                  f"makes {model.embed_dim}-d ones")
+        return bank
+
+    @classmethod
+    def _open(cls, path: Path, name: str) -> "TextBank":
+        meta = json.loads((path / "meta.json").read_text())
+        dtype = getattr(torch, meta["dtype"])
+        n, d = meta["shape"]
+        raw = np.memmap(path / "embeddings.bin", dtype=_STORAGE[dtype], mode="r", shape=(n, d)) if n else \
+            np.zeros((0, d), dtype=_STORAGE[dtype])
+        emb = torch.from_numpy(raw) if dtype != torch.bfloat16 else torch.from_numpy(raw).view(torch.bfloat16)
+        table = pd.read_parquet(path / "taxa.parquet")
+        return cls(emb, table, name=name, cache_dir=path)
+
+    @classmethod
+    def from_texts(cls, model: "ClipModel", texts: Sequence[str], table: pd.DataFrame | None = None, *,
+                   templates: Sequence[str] | str = "openai", name: str = "custom",
+                   progress: bool | None = None) -> "TextBank":
+        """Embed each text through the templates; a class is the renormalised mean (cached)."""
+        texts = [str(t).strip() for t in texts]
+        if not texts:
+            raise VocabularyError("no classes given")
+        tpl = list(apply_templates("{}", templates))
+        table = pd.DataFrame({"label": texts}) if table is None else table.reset_index(drop=True)
+        key = hash_key("texts", model.fingerprint, model.id, str(model.dtype), tpl, texts)
+        with cache_entry("banks", key) as (final, tmp):
+            if tmp is not None:
+                emb = _embed_classes(model, texts, tpl, progress)
+                _write_bank(tmp, emb, table, torch.float32)
+        return cls._open(final, name=name)
+
+    @classmethod
+    def from_labels(cls, model: "ClipModel", labels: Sequence[str], *, templates: Sequence[str] | str = "openai",
+                    name: str = "labels") -> "TextBank":
+        """A custom label list (pybioclip's `--cls`)."""
+        return cls.from_texts(model, labels, templates=templates, name=name)
+
+    @classmethod
+    def from_taxa(cls, model: "ClipModel", taxa: pd.DataFrame | str | os.PathLike | Sequence[Taxon], *,
+                  templates: Sequence[str] | str = "openai", name: str | None = None) -> "TextBank":
+        """A bank for any taxa table (CSV/Parquet with rank columns and `common_name`).
+
+        Each class text is "<7 ranks> <common name>", as in the published vocabularies.
+        """
+        label = name or (str(taxa) if isinstance(taxa, (str, os.PathLike)) else "taxa")
+        taxa_list = _read_taxa(taxa)
+        table = pd.DataFrame([{**dict(zip(RANK_COLUMNS, t.ranks)), "common_name": t.common} for t in taxa_list])
+        return cls.from_texts(model, [t.vocabulary_text for t in taxa_list], table, templates=templates, name=label)
+
+
+# ----- helpers -------------------------------------------------------------------------------
+def _check_k(k: int, n: int) -> int:
+    if not isinstance(k, (int, np.integer)) or k <= 0:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    return min(int(k), n)
+
+
+def _group(t: pd.DataFrame, r: Rank) -> tuple[np.ndarray, pd.DataFrame]:
+    cols = RANK_COLUMNS[: r + 1] if r is not Rank.SPECIES else RANK_COLUMNS
+    key = t[cols[0]].astype(str)
+    for c in cols[1:]:
+        key = key + "\x1f" + t[c].astype(str)
+    codes, _ = pd.factorize(key, sort=False)
+    first = pd.Series(np.arange(len(codes))).groupby(codes).first().to_numpy()
+    extra = ["common_name"] if r is Rank.SPECIES and "common_name" in t.columns else []
+    return codes.astype(np.int32), t.iloc[first][cols + extra].reset_index(drop=True)
+
+
+def _save_groups(path: Path, codes: np.ndarray, table: pd.DataFrame) -> None:
+    """Persist group ids beside a cached bank (written to a temporary name, then renamed)."""
+    try:
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        tmp.mkdir(parents=True, exist_ok=True)
+        np.save(tmp / "codes.npy", codes)
+        table.to_parquet(tmp / "groups.parquet", index=False)
+        os.replace(tmp, path)
+    except OSError as e:  # a read-only cache is fine: we recompute next time
+        log.debug("cannot cache groups in %s: %s", path, e)
+
+
+def _binomials(t: pd.DataFrame) -> pd.Series:
+    ep = t["species_epithet"].astype(str)
+    return (t["genus"].astype(str) + " " + ep).where(ep != "", "")
+
+
+def _read_taxa(taxa) -> list[Taxon]:
+    if isinstance(taxa, (str, os.PathLike)):
+        path = Path(taxa)
+        try:
+            df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, dtype=str, keep_default_na=False)
+        except (OSError, ValueError) as e:
+            raise VocabularyError(f"cannot read taxa table {path}: {e}") from None
+        where = str(path)
+    elif isinstance(taxa, pd.DataFrame):
+        df, where = taxa, "taxa table"
+    else:
+        return list(taxa)
+    cols = {c.lower() for c in df.columns}
+    if not cols & {"kingdom", "phylum", "class", "order", "family", "genus", "species", "scientificname",
+                   "scientific_name", "specificepithet", "species_epithet"}:
+        raise VocabularyError(f"{where} has no rank columns (kingdom … species or scientific_name); "
+                              f"columns are {', '.join(map(str, df.columns))}")
+    out = []
+    for i, rec in enumerate(df.to_dict("records")):
+        try:
+            t = Taxon.from_record(rec)
+        except ValueError as e:
+            raise VocabularyError(f"{where}, row {i + 2}: {e}") from None
+        if t.empty:
+            raise VocabularyError(f"{where}, row {i + 2}: no rank is filled")
+        out.append(t)
+    if not out:
+        raise VocabularyError(f"{where} has no rows")
+    return out
+
+
+def _embed_classes(model: "ClipModel", texts: list[str], templates: list[str], progress: bool | None) -> torch.Tensor:
+    from tqdm.auto import tqdm
+
+    per = max(1, 2048 // len(templates))
+    out = []
+    bar = tqdm(total=len(texts), unit="class", desc="embedding classes", leave=False,
+               disable=None if progress is None else not progress)
+    for i in range(0, len(texts), per):
+        group = texts[i:i + per]
+        prompts = [t.format(c) for c in group for t in templates]
+        e = model.encode_text(prompts).reshape(len(group), len(templates), -1).mean(1)
+        out.append(torch.nn.functional.normalize(e, dim=-1))
+        bar.update(len(group))
+    bar.close()
+    return torch.cat(out)
+
+
+def _write_bank(out: Path, emb: torch.Tensor, table: pd.DataFrame, dtype: torch.dtype) -> None:
+    arr = emb.to(dtype).contiguous()
+    raw = arr.view(torch.int16).numpy().view(np.uint16) if dtype == torch.bfloat16 else arr.numpy()
+    raw.tofile(out / "embeddings.bin")
+    table.to_parquet(out / "taxa.parquet", index=False)
+    (out / "meta.json").write_text(json.dumps({"shape": list(arr.shape), "dtype": str(dtype).replace("torch.", "")}))
+
+
+def _published_files(source, model) -> tuple[Path, Path]:
+    from .models.loading import hf_file
+
+    if source is None:
+        card = model.card if model is not None else None
+        if card is None or not card.vocabulary_repo:
+            who = model.id if model is not None else "no model"
+            raise VocabularyError(f"model {who} has no published Tree-of-Life vocabulary; give one with "
+                                  f"--vocabulary, or classify with --cls / --taxa")
+        source = f"hf-dataset:{card.vocabulary_repo}"
+    src = str(source)
+    path = Path(src).expanduser()
+    if path.is_dir():
+        for d in (path, path / "embeddings"):
+            if (d / EMB_FILE).is_file() and (d / NAMES_FILE).is_file():
+                return d / EMB_FILE, d / NAMES_FILE
+        raise VocabularyError(f"vocabulary directory {path} holds no {EMB_FILE} + {NAMES_FILE}")
+    if path.suffix == ".npy":
+        names = path.with_suffix(".json")
+        if not path.is_file() or not names.is_file():
+            raise VocabularyError(f"vocabulary {path}: need {path} and {names}")
+        return path, names
+    repo = src[len("hf-dataset:"):] if src.startswith("hf-dataset:") else src
+    if repo.count("/") != 1:
+        raise VocabularyError(f"vocabulary {src!r} is not a directory, a .npy file or a Hugging Face dataset id")
+    try:
+        return (hf_file(repo, f"embeddings/{EMB_FILE}", "dataset"), hf_file(repo, f"embeddings/{NAMES_FILE}", "dataset"))
+    except FileNotFoundError as e:
+        raise VocabularyError(f"vocabulary {repo}: {e}") from None
+
+
+def _convert_published(npy: Path, names_path: Path, out: Path, dtype: torch.dtype) -> None:
+    """[D, N] float32 .npy -> row-major [N', D] `dtype` without the all-zero columns.
+
+    Reads with pread into a small buffer, so the 2.7 GB source never enters our RSS.
+    """
+    try:
+        names = json.loads(names_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise VocabularyError(f"cannot read vocabulary names {names_path}: {e}") from None
+    with open(npy, "rb") as fh:
+        try:
+            version = np.lib.format.read_magic(fh)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, src_dtype = read_header(fh)
+        except ValueError as e:
+            raise VocabularyError(f"{npy} is not a .npy file: {e}") from None
+        offset = fh.tell()
+    if len(shape) != 2:
+        raise VocabularyError(f"{npy}: expected a 2-d [dim, taxa] array, got shape {shape}")
+    d, n = shape
+    if len(names) != n:
+        raise VocabularyError(f"{npy} has {n} columns but {names_path} lists {len(names)} taxa")
+    item = src_dtype.itemsize
+    block = 16384
+    keep_all = np.zeros(n, dtype=bool)
+    fd = os.open(npy, os.O_RDONLY)
+    try:
+        with open(out / "embeddings.bin", "wb") as dst:
+            buf = np.empty((d, block), dtype=src_dtype)
+            for s in range(0, n, block):
+                c = min(block, n - s)
+                if fortran:  # column-major: each taxon's vector is contiguous
+                    data = os.pread(fd, c * d * item, offset + s * d * item)
+                    rows = np.frombuffer(data, dtype=src_dtype).reshape(c, d)
+                else:
+                    for r in range(d):
+                        os.preadv(fd, [memoryview(buf[r, :c]).cast("B")], offset + (r * n + s) * item)
+                    rows = buf[:, :c].T
+                rows = torch.from_numpy(rows).float().contiguous()  # torch's blocked transpose is fast
+                keep = rows.abs().sum(1) > 0
+                keep_all[s:s + c] = keep.numpy()
+                kept = rows[keep].to(dtype)
+                raw = kept.view(torch.int16).numpy() if dtype == torch.bfloat16 else kept.numpy()
+                dst.write(raw.tobytes())
+    finally:
+        os.close(fd)
+    idx = np.flatnonzero(keep_all)
+    cols = list(zip(*[tuple(names[i][0]) + (names[i][1] or "",) for i in idx])) if len(idx) else [[]] * 8
+    table = pd.DataFrame({c: pd.Series(v, dtype=object).fillna("") for c, v in zip(TAXA_COLUMNS, cols)})
+    table["source_index"] = idx.astype(np.int64)
+    table.to_parquet(out / "taxa.parquet", index=False)
+    (out / "meta.json").write_text(json.dumps({
+        "shape": [int(len(idx)), int(d)], "dtype": str(dtype).replace("torch.", ""),
+        "source": str(npy), "dropped_zero_columns": int(n - len(idx))}))
+    if n - len(idx):
+        log.info("vocabulary %s: dropped %d all-zero columns", npy, n - len(idx))
