@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 
 from .cache import cache_entry, hash_key
+from .errors import TaxoclipError
 from .taxonomy import RANKS, Rank, Taxon, apply_templates
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ CHUNK_ROWS = 65536
 _STORAGE = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.uint16}
 
 
-class VocabularyError(ValueError):
+class VocabularyError(TaxoclipError, ValueError):
     """A vocabulary that cannot be found or read, or a subset that does not match it."""
 
 

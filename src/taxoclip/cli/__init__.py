@@ -12,13 +12,10 @@ import logging
 import sys
 
 from .. import __version__
+from ..errors import TaxoclipError
 
 # Sub-command modules, in the order `--help` lists them.
 COMMANDS = ["predict", "embed", "list_models", "list_taxa", "data", "train"]
-
-
-class UserError(Exception):
-    """Bad input from the user: printed as one line, exit status 2, no traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
-    except UserError as e:
+    except TaxoclipError as e:
         print(f"taxoclip {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

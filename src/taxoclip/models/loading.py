@@ -22,6 +22,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from ..errors import TaxoclipError
 from .registry import ModelCard, find_card
 
 __all__ = ["ModelSource", "ModelLoadError", "resolve", "instantiate", "load_weights", "hf_file"]
@@ -32,7 +33,7 @@ CONFIG_FILE = "open_clip_config.json"
 WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(TaxoclipError, RuntimeError):
     """A model id that cannot be resolved or loaded; the message names the id and the cause."""
 
 
