@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/helpers.py
 
 BIO_MINI = Path(os.environ.get("TAXOCLIP_BIO_MINI", Path(__file__).resolve().parents[2] / "shared" / "data" / "bio-mini"))
 
@@ -21,3 +24,33 @@ def bio_mini() -> Path:
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Every test writes taxoclip's cache into a temporary directory, never into ~/.cache."""
     monkeypatch.setenv("TAXOCLIP_CACHE", str(tmp_path_factory.getbasetemp() / "taxoclip-cache"))
+
+
+@pytest.fixture(scope="session")
+def hf_cache(tmp_path_factory) -> Path:
+    """An offline Hugging Face cache with a tiny random `imageomics/bioclip-2` and its vocabulary."""
+    from helpers import make_hf_cache
+
+    return make_hf_cache(tmp_path_factory.mktemp("hf-cache"))
+
+
+@pytest.fixture
+def offline_hub(hf_cache, monkeypatch) -> Path:
+    monkeypatch.setenv("HF_HUB_CACHE", str(hf_cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return hf_cache
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random model in the open_clip layout (32 px input)."""
+    from helpers import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory) -> list[Path]:
+    from helpers import make_photos
+
+    return make_photos(tmp_path_factory.mktemp("photos"))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
@@ -286,17 +287,23 @@ class TextBank:
         return cls(emb, table.reset_index(drop=True), name=name)
 
     @classmethod
-    def from_published(cls, source: str | os.PathLike | None = None, *, model: "ClipModel | None" = None,
+    def from_published(cls, source: str | os.PathLike | None = None, *, model: "ClipModel | str | None" = None,
                        dtype: torch.dtype | None = None) -> "TextBank":
         """The Tree-of-Life vocabulary of a model (or at `source`), converted once and cached.
 
         `source`: None (the model's own, from its card), an HF dataset repo
         (`imageomics/TreeOfLife-200M` or `hf-dataset:…`), a directory holding
         `txt_emb_species.npy`/`.json` (or an `embeddings/` folder with them), or the .npy path.
+        `model` is a loaded model or a model id (only its card is read).
         `dtype` defaults to the model's precision (bf16 on most CPUs, fp32 for exact runs).
         """
-        npy, names = _published_files(source, model)
-        dtype = dtype or (model.dtype if model is not None else torch.float32)
+        from .models import find_card
+
+        card = find_card(model) if isinstance(model, str) else getattr(model, "card", None)
+        model_id = model if isinstance(model, str) else getattr(model, "id", None)
+        npy, names = _published_files(source, card, model_id)
+        loaded = model if not isinstance(model, str) else None
+        dtype = dtype or (loaded.dtype if loaded is not None else torch.float32)
         if dtype not in _STORAGE:
             raise VocabularyError(f"unsupported bank dtype {dtype}")
         from .models.loading import file_fingerprint
@@ -305,10 +312,10 @@ class TextBank:
         with cache_entry("banks", key) as (final, tmp):
             if tmp is not None:
                 _convert_published(npy, names, tmp, dtype)
-        bank = cls._open(final, name=str(source or (model.card.vocabulary_repo if model and model.card else npy)))
-        if model is not None and bank.dim != model.embed_dim:
-            raise VocabularyError(f"vocabulary {bank.name} has {bank.dim}-d embeddings but model {model.id} "
-                                  f"makes {model.embed_dim}-d ones")
+        bank = cls._open(final, name=str(source or (card.vocabulary_repo if card else npy)))
+        if loaded is not None and bank.dim != loaded.embed_dim:
+            raise VocabularyError(f"vocabulary {bank.name} has {bank.dim}-d embeddings but model {loaded.id} "
+                                  f"makes {loaded.embed_dim}-d ones")
         return bank
 
     @classmethod
@@ -318,7 +325,10 @@ class TextBank:
         n, d = meta["shape"]
         raw = np.memmap(path / "embeddings.bin", dtype=_STORAGE[dtype], mode="r", shape=(n, d)) if n else \
             np.zeros((0, d), dtype=_STORAGE[dtype])
-        emb = torch.from_numpy(raw) if dtype != torch.bfloat16 else torch.from_numpy(raw).view(torch.bfloat16)
+        with warnings.catch_warnings():  # read-only memory map: we never write to it
+            warnings.simplefilter("ignore", UserWarning)
+            emb = torch.from_numpy(raw)
+        emb = emb.view(torch.bfloat16) if dtype == torch.bfloat16 else emb
         table = pd.read_parquet(path / "taxa.parquet")
         return cls(emb, table, name=name, cache_dir=path)
 
@@ -449,13 +459,12 @@ def _write_bank(out: Path, emb: torch.Tensor, table: pd.DataFrame, dtype: torch.
     (out / "meta.json").write_text(json.dumps({"shape": list(arr.shape), "dtype": str(dtype).replace("torch.", "")}))
 
 
-def _published_files(source, model) -> tuple[Path, Path]:
+def _published_files(source, card, model_id) -> tuple[Path, Path]:
     from .models.loading import hf_file
 
     if source is None:
-        card = model.card if model is not None else None
         if card is None or not card.vocabulary_repo:
-            who = model.id if model is not None else "no model"
+            who = model_id or "no model"
             raise VocabularyError(f"model {who} has no published Tree-of-Life vocabulary; give one with "
                                   f"--vocabulary, or classify with --cls / --taxa")
         source = f"hf-dataset:{card.vocabulary_repo}"

@@ -176,6 +176,9 @@ def resolve(model_id: str, pretrained: str | None = None) -> ModelSource:
         src = _from_dir(model_id, Path(target).expanduser(), card)
     else:
         src = _from_open_clip(target, pretrained, card)
+    size = src.model_cfg.get("vision_cfg", {}).get("image_size")
+    if size is not None and "size" not in src.preprocess_cfg:
+        src.preprocess_cfg = {**src.preprocess_cfg, "size": size}
     if card and card.preprocess:
         src.preprocess_cfg = {**src.preprocess_cfg, **card.preprocess}
     return src

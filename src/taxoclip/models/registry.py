@@ -27,7 +27,7 @@ _CARDS: dict[str, ModelCard] = {}
 # feeds the model the same way: float tensor, bilinear resize with antialiasing to 224x224.
 # open_clip's own default for these configs (resize the shorter side, centre-crop) cuts off
 # parts of wide photos that the model saw in training, so we follow the training data.
-_BIOCLIP_PREPROCESS = {"resize_mode": "squash", "interpolation": "bilinear", "size": 224}
+_BIOCLIP_PREPROCESS = {"resize_mode": "squash", "interpolation": "bilinear"}
 
 
 def register(card: ModelCard) -> ModelCard:

@@ -1,0 +1,46 @@
+"""`taxoclip embed`: photos -> embedding vectors in the model's joint image-text space."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ._options import add_model_options, add_run_options
+
+
+def register(sub) -> None:
+    p = sub.add_parser("embed", help="image embeddings (JSON as pybioclip, or JSON lines / Parquet)",
+                       description="Compute image embeddings. JSON output matches pybioclip's `embed`.")
+    p.add_argument("image_file", nargs="+", help="images, folders, globs, list files or .tar shards")
+    p.add_argument("--format", choices=["json", "jsonl", "parquet"],
+                   help="output format (default: from --output's extension, else json)")
+    p.add_argument("--normalize", action="store_true", help="L2-normalise the vectors (pybioclip does not)")
+    add_model_options(p)
+    add_run_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import classify
+    from ..io.images import ImageLoader, find_images
+    from ..io.writers import format_for, open_writer
+
+    refs, problems = find_images(args.image_file)
+    for p in problems:
+        print(f"taxoclip embed: {p}", file=sys.stderr)
+    if not refs:
+        return 2
+    loader = ImageLoader(refs, classify.preview_preprocess(args.model, args.pretrained), batch_size=args.batch_size,
+                         workers=args.workers, draft=classify.uses_draft(args.device, args.precision)).start()
+    embedder = classify.ImageEmbedder(args.model, pretrained=args.pretrained, device=args.device,
+                                      precision=args.precision, batch_size=args.batch_size, workers=args.workers,
+                                      compile=args.compile)
+    fmt = format_for(args.output, args.format, default="json")
+    extra = {"header": {"model": embedder.model_str}} if fmt == "json" else {}
+    failed = 0
+    with open_writer(fmt, args.output, ["file_name", "embedding", "error"], **extra) as writer:
+        for name, vec, err in embedder.embed_iter(loader, normalize=args.normalize, progress=None):
+            if err:
+                failed += 1
+                print(f"taxoclip embed: {name}: {err}", file=sys.stderr)
+            writer.write([{"file_name": name, "embedding": None if vec is None else vec.tolist(), "error": err}])
+    return 1 if failed or problems else 0

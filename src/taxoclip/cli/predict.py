@@ -1,0 +1,103 @@
+"""`taxoclip predict`: photos -> species (or any rank, or your labels) with scores."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ._options import RANK_NAMES, add_model_options, add_run_options, positive_int
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "predict", help="identify the taxa in photos (species or any rank, or custom labels)",
+        description="Identify the taxa in photos. Inputs may be image files, folders (searched recursively), "
+                    "globs, .txt/.csv lists of paths (`filepath` column) and webdataset .tar shards. "
+                    "Unreadable images become rows with an `error` and the run goes on.")
+    p.add_argument("image_file", nargs="+", help="images, folders, globs, list files or .tar shards")
+    what = p.add_argument_group("what to predict")
+    what.add_argument("--rank", choices=RANK_NAMES, help="rank of the prediction (default: species)")
+    what.add_argument("--k", type=positive_int, help="number of predictions per image (default 5; all labels with --cls)")
+    what.add_argument("--min-prob", type=float, default=1e-9,
+                      help="species probabilities at or below this are left out of higher-rank sums (default 1e-9)")
+    what.add_argument("--subset", help="CSV whose first column is named after a rank: predict only among those taxa")
+    what.add_argument("--cls", help="custom labels: comma-separated, or a text file with one label per line")
+    what.add_argument("--bins", help="CSV of label,bin: predict labels, report the summed probability per bin")
+    what.add_argument("--vocabulary", help="Tree-of-Life vocabulary to use instead of the model's own "
+                                           "(HF dataset id, directory or txt_emb_species.npy)")
+    what.add_argument("--taxa", help="build the vocabulary from this taxa table (CSV/Parquet with rank columns "
+                                     "and common_name) instead of the published one")
+    p.add_argument("--format", choices=["csv", "table", "jsonl", "parquet"],
+                   help="output format (default: from --output's extension, else csv)")
+    add_model_options(p)
+    add_run_options(p)
+    p.set_defaults(func=run)
+
+
+def _classes(arg: str) -> list[str]:
+    import os
+
+    if os.path.isfile(arg):
+        with open(arg, encoding="utf-8") as f:
+            return [line.strip() for line in f if line.strip()]
+    return [c.strip() for c in arg.split(",") if c.strip()]
+
+
+def _bins(path: str) -> dict[str, str]:
+    import pandas as pd
+
+    from ..errors import InputError
+
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise InputError(f"cannot read bins file {path}: {e}") from None
+    if df.shape[1] < 2:
+        raise InputError(f"bins file {path} needs two columns (label, bin); it has {df.shape[1]}")
+    return dict(zip(df.iloc[:, 0], df.iloc[:, 1]))
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import classify
+    from ..errors import InputError
+    from ..io.images import ImageLoader, find_images
+    from ..io.writers import format_for, open_writer
+
+    custom = args.cls or args.bins
+    if args.cls and args.bins:
+        raise InputError("--cls and --bins cannot be combined")
+    if custom and (args.rank or args.subset or args.vocabulary or args.taxa):
+        raise InputError("--cls/--bins choose custom labels; they cannot be combined with --rank, --subset, "
+                         "--vocabulary or --taxa")
+    refs, problems = find_images(args.image_file)
+    for p in problems:
+        print(f"taxoclip predict: {p}", file=sys.stderr)
+    if not refs:
+        return 2
+    # Start decoding now, so the first batches are ready when the model has loaded.
+    loader = ImageLoader(refs, classify.preview_preprocess(args.model, args.pretrained), batch_size=args.batch_size,
+                         workers=args.workers, draft=classify.uses_draft(args.device, args.precision)).start()
+    common = dict(pretrained=args.pretrained, device=args.device, precision=args.precision,
+                  batch_size=args.batch_size, workers=args.workers, compile=args.compile)
+    if custom:
+        clf = (classify.CustomLabelsClassifier(_classes(args.cls), model=args.model, **common) if args.cls
+               else classify.CustomLabelsBinningClassifier(_bins(args.bins), model=args.model, **common))
+        columns = classify.prediction_columns(None)
+        predictions = clf.predict_iter(loader, k=args.k, progress=None)
+    else:
+        clf = classify.TreeOfLifeClassifier(args.model, vocabulary=args.vocabulary, taxa=args.taxa, **common)
+        if args.subset:
+            clf.restrict(args.subset)
+        rank = args.rank or "species"
+        columns = classify.prediction_columns(rank)
+        predictions = clf.predict_iter(loader, rank=rank, k=args.k or 5, min_prob=args.min_prob, progress=None)
+    failed = 0
+    with open_writer(format_for(args.output, args.format), args.output, columns) as writer:
+        for pred in predictions:
+            writer.write(pred.as_rows())
+            if pred.error:
+                failed += 1
+                print(f"taxoclip predict: {pred.file_name}: {pred.error}", file=sys.stderr)
+    if failed:
+        print(f"taxoclip predict: {failed} of {len(refs)} images could not be read (see the error column)",
+              file=sys.stderr)
+    return 1 if failed or problems else 0

@@ -1,0 +1,212 @@
+"""Result writers: CSV (pybioclip's columns), a terminal table, JSON lines, Parquet and JSON.
+
+Writers take rows (dicts) as they are produced. CSV and JSON lines reach the file at once,
+so a run that is killed keeps everything written so far; Parquet and JSON are assembled in
+a temporary file and renamed into place when the run ends.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import IO, Callable, Iterable, Sequence
+
+__all__ = ["WRITERS", "open_writer", "format_for", "ResultWriter"]
+
+
+class ResultWriter:
+    """Base: `write(rows)` as results arrive, `close()` at the end (also a context manager)."""
+
+    def __init__(self, target: str | os.PathLike | None, columns: Sequence[str]):
+        self.columns = list(columns)
+        self.target = None if target in (None, "-", "stdout") else Path(target)
+        self.count = 0
+
+    def _open_text(self) -> IO[str]:
+        if self.target is None:
+            return sys.stdout
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        return open(self.target, "w", newline="", encoding="utf-8")
+
+    def write(self, rows: Iterable[dict]) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+WRITERS: dict[str, type[ResultWriter]] = {}
+
+
+def register(name: str) -> Callable[[type[ResultWriter]], type[ResultWriter]]:
+    def deco(cls):
+        WRITERS[name] = cls
+        return cls
+    return deco
+
+
+def _cell(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    return repr(v) if isinstance(v, float) else str(v)
+
+
+@register("csv")
+class CsvWriter(ResultWriter):
+    """Comma-separated, a header row, floats at full precision (as pandas writes them)."""
+
+    def __init__(self, target, columns):
+        super().__init__(target, columns)
+        self._f = self._open_text()
+        self._w = csv.writer(self._f, lineterminator="\n")
+        self._w.writerow(self.columns)
+
+    def write(self, rows):
+        for r in rows:
+            self._w.writerow([_cell(r.get(c)) for c in self.columns])
+            self.count += 1
+        self._f.flush()
+
+    def close(self):
+        if self._f is not sys.stdout:
+            self._f.close()
+
+
+@register("jsonl")
+class JsonLinesWriter(ResultWriter):
+    """One JSON object per line: easy to stream into other tools."""
+
+    def __init__(self, target, columns):
+        super().__init__(target, columns)
+        self._f = self._open_text()
+
+    def write(self, rows):
+        for r in rows:
+            self._f.write(json.dumps({c: r.get(c) for c in self.columns if c in r}, ensure_ascii=False) + "\n")
+            self.count += 1
+        self._f.flush()
+
+    def close(self):
+        if self._f is not sys.stdout:
+            self._f.close()
+
+
+@register("table")
+class TableWriter(ResultWriter):
+    """An aligned text table for reading in a terminal (written when the run ends)."""
+
+    def __init__(self, target, columns):
+        super().__init__(target, columns)
+        self._rows: list[list[str]] = []
+
+    def write(self, rows):
+        for r in rows:
+            self._rows.append([(f"{r[c]:.6g}" if isinstance(r.get(c), float) else _cell(r.get(c))) for c in self.columns])
+            self.count += 1
+
+    def close(self):
+        cols = [c for i, c in enumerate(self.columns) if c != "error" or any(row[i] for row in self._rows)]
+        keep = [self.columns.index(c) for c in cols]
+        widths = [max([len(c)] + [len(row[i]) for row in self._rows]) for c, i in zip(cols, keep)]
+        line = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+        out = [line, "| " + " | ".join(c.ljust(w) for c, w in zip(cols, widths)) + " |", line]
+        out += ["| " + " | ".join(row[i].ljust(w) for i, w in zip(keep, widths)) + " |" for row in self._rows]
+        out.append(line)
+        f = self._open_text()
+        f.write("\n".join(out) + "\n")
+        if f is not sys.stdout:
+            f.close()
+
+
+class _AtomicFile(ResultWriter):
+    def _tmp(self) -> Path:
+        return self.target.with_name(f".{self.target.name}.partial")
+
+
+@register("parquet")
+class ParquetWriter(_AtomicFile):
+    """Columnar output for large runs; row groups are flushed as results arrive."""
+
+    def __init__(self, target, columns):
+        super().__init__(target, columns)
+        if self.target is None:
+            raise ValueError("parquet output needs --output FILE")
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self._pending: list[dict] = []
+        self._writer = None
+
+    def write(self, rows):
+        self._pending.extend(rows)
+        if len(self._pending) >= 10_000:
+            self._flush()
+
+    def _flush(self):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not self._pending:
+            return
+        table = pa.Table.from_pylist([{c: r.get(c) for c in self.columns} for r in self._pending],
+                                     schema=self._writer.schema if self._writer else None)
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self._tmp(), table.schema)
+        self._writer.write_table(table)
+        self.count += len(self._pending)
+        self._pending = []
+
+    def close(self):
+        if self._writer is None and not self._pending:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            pq.write_table(pa.table({c: pa.array([], pa.string()) for c in self.columns}), self._tmp())
+        else:
+            self._flush()
+            self._writer.close()
+        os.replace(self._tmp(), self.target)
+
+
+@register("json")
+class JsonWriter(ResultWriter):
+    """pybioclip's embedding file: {"model": …, "embeddings": {file_name: [floats]}}."""
+
+    def __init__(self, target, columns, header: dict | None = None):
+        super().__init__(target, columns)
+        self.header = header or {}
+        self._items: dict[str, list[float]] = {}
+
+    def write(self, rows):
+        for r in rows:
+            self._items[r["file_name"]] = r.get("embedding") if r.get("embedding") is not None else r.get("error")
+            self.count += 1
+
+    def close(self):
+        f = self._open_text()
+        json.dump({**self.header, "embeddings": self._items}, f, indent=4)
+        f.write("\n")
+        if f is not sys.stdout:
+            f.close()
+
+
+def format_for(output: str | None, fmt: str | None, default: str = "csv") -> str:
+    """The explicit format, else the output file's extension, else `default`."""
+    if fmt:
+        if fmt not in WRITERS:
+            raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(WRITERS)}")
+        return fmt
+    ext = Path(output).suffix.lower().lstrip(".") if output and output not in ("-", "stdout") else ""
+    return {"csv": "csv", "jsonl": "jsonl", "ndjson": "jsonl", "parquet": "parquet", "pq": "parquet",
+            "json": "json", "txt": "table"}.get(ext, default)
+
+
+def open_writer(fmt: str, output: str | os.PathLike | None, columns: Sequence[str], **kwargs) -> ResultWriter:
+    return WRITERS[fmt](output, columns, **kwargs)

