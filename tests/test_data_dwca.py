@@ -269,9 +269,9 @@ def test_archive_images_fetched_from_a_local_server(tmp_path, request):
     from taxoclip.data.fetch import fetch_all
 
     try:
-        images = tiny_jpegs(6, request.getfixturevalue("bio_mini"))
+        images = tiny_jpegs(7, request.getfixturevalue("bio_mini"))
     except pytest.skip.Exception:
-        images = tiny_jpegs(6)
+        images = tiny_jpegs(7)
     with ImageServer(images) as srv:
         routes = {1: "img", 2: "missing", 3: "slow", 4: "flaky", 5: "redirect", 6: "img"}
         archive = gbif_archive(tmp_path / "gbif", lambda i: srv.url(routes[i], i))

@@ -12,6 +12,11 @@ from taxoclip.textbank import TextBank, VocabularyError
 from helpers import write_vocabulary
 
 
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
 @pytest.fixture
 def vocab(tmp_path):
     return write_vocabulary(tmp_path / "emb", dim=32, n=500, zero_columns=(3, 250))
@@ -32,11 +37,12 @@ def test_top_k_is_the_exact_softmax_over_the_whole_vocabulary(vocab, dtype, monk
     bank = TextBank.from_published(vocab, dtype=dtype)
     assert len(bank) == 498  # the two all-zero columns are gone
     feats = torch.nn.functional.normalize(torch.randn(5, 32), dim=-1)
-    # bf16 storage rounds the vocabulary itself; given the stored vectors, scores are exact
+    # bf16 storage rounds the vocabulary itself; given the stored vectors, the best rows are
+    # rescored in fp32 and only the rest of the partition function keeps bf16 products
     want, names = _reference(vocab, feats, 30.0, dtype)
     probs, idx = bank.top_k(feats, 7, 30.0)
     wv, wi = want.topk(7, dim=1)
-    assert torch.allclose(probs.double(), wv, rtol=1e-5)
+    assert torch.allclose(probs.double(), wv, rtol=1e-5 if dtype == torch.float32 else 2e-4)
     assert torch.equal(idx, wi)
     assert [bank.taxon(i).ranks for i in idx[0].tolist()] == [tuple(names[j][0]) for j in wi[0].tolist()]
 
@@ -65,8 +71,8 @@ def test_higher_rank_score_is_the_sum_of_its_species(vocab, dtype, monkeypatch):
         got = {"|".join(groups.iloc[g].tolist()): p for g, p in zip(gid[b].tolist(), probs[b].tolist())}
         best = sums[b].sort_values(ascending=False).head(4)
         assert list(got) == list(best.index)
-        for name, p in got.items():
-            assert p == pytest.approx(sums[b][name], rel=1e-4)
+        for name, p in got.items():  # in bf16, species outside the best 64 are summed from bf16 products
+            assert p == pytest.approx(sums[b][name], rel=1e-5 if dtype == torch.float32 else 1e-3)
 
 
 def test_min_prob_leaves_small_species_out_of_the_sums(vocab):

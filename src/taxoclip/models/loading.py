@@ -211,10 +211,15 @@ def _read_tensors(path: Path, want: Callable[[str], bool]) -> Iterator[tuple[str
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
+        # The file is memory-mapped while open, and every page read stays in our RSS until it
+        # closes; reopening it every few tensors keeps the peak near one group, not the file.
         with safe_open(str(path), framework="pt") as f:
-            for k in f.keys():
-                if want(k):
-                    yield k, f.get_tensor(k)
+            keys = [k for k in f.keys() if want(k)]
+        for i in range(0, len(keys), 32):
+            with safe_open(str(path), framework="pt") as f:
+                group = [(k, f.get_tensor(k)) for k in keys[i:i + 32]]
+            yield from group
+            del group
         return
     sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     if isinstance(sd, dict) and "state_dict" in sd:

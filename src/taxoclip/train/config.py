@@ -218,14 +218,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"config {p} is not valid YAML: {e}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config {p}: expected a mapping at the top level")
-        data = _resolve_paths(data, p.parent)
     cfg = _build(TrainConfig, data)
     return apply_overrides(cfg, overrides or [])
-
-
-def _resolve_paths(data: dict, base: Path) -> dict:
-    """Relative data paths in a recipe are relative to the recipe's folder only if they exist there."""
-    return data
 
 
 def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:

@@ -464,16 +464,18 @@ class BatchStreams(torch.utils.data.IterableDataset):
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        torch.set_num_threads(1) if info else None
-        mine = self.streams_of(worker, workers)
-        readers = {
-            name: [(s, iter(r), r) for s, r in ((s, StreamReader(
-                spec.shards, s, self.n_streams, seed=self.seed + (0 if name == "bio" else 7919),
-                buffer=self.buffer, chunk_shards=self.chunk_shards,
-                resample=self.resample or name == "replay" and len(spec.shards.urls) < self.n_streams,
-                accept=spec.accept, start=Position.from_list(spec.start.get(s)))) for s in mine)]
-            for name, spec in self.specs.items() if spec.per_stream > 0
-        }
+        if info is not None:
+            torch.set_num_threads(1)  # decoding is per sample; leave the cores to the model
+        readers: dict[str, list[tuple[int, Iterator, StreamReader]]] = {}
+        for name, spec in self.specs.items():
+            if spec.per_stream <= 0:
+                continue
+            readers[name] = []
+            for s in self.streams_of(worker, workers):
+                r = StreamReader(spec.shards, s, self.n_streams, seed=self.seed + (0 if name == "bio" else 7919),
+                                 buffer=self.buffer, chunk_shards=self.chunk_shards, resample=self.resample,
+                                 accept=spec.accept, start=Position.from_list(spec.start.get(s)))
+                readers[name].append((s, iter(r), r))
         micro = self.start_micro
         while True:
             step = micro // self.accum
@@ -522,7 +524,7 @@ class Loader:
         self.dataset, self.workers = dataset, workers
         self._loader = torch.utils.data.DataLoader(
             dataset, batch_size=None, num_workers=workers, prefetch_factor=prefetch if workers else None,
-            persistent_workers=False, pin_memory=pin_memory, in_order=True)
+            persistent_workers=False, pin_memory=pin_memory)
         self._it = None
 
     def __iter__(self) -> Iterator[Batch]:

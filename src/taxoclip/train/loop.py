@@ -164,6 +164,18 @@ class Trainer:
             torch._dynamo.config.optimize_ddp = False
         return torch.compile(module)
 
+    @contextlib.contextmanager
+    def inference_net(self):
+        """The open_clip model with whole parameters, for evaluation (FSDP gathers its root's shards)."""
+        if not self.fsdp:
+            yield self.net
+            return
+        self.module.unshard()
+        try:
+            yield self.net
+        finally:
+            self.module.reshard()
+
     # ----- state ----------------------------------------------------------------------------------
     def model_state(self) -> dict[str, torch.Tensor]:
         """The full model weights (fp32 masters where they exist), on the CPU; collective under FSDP."""
@@ -468,14 +480,14 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
                              row["text_type"], row["lr"], row["samples_per_s"])
                 window_t, window_steps = time.perf_counter(), 0
             if evaluator and cfg.eval.every and done % cfg.eval.every == 0 and done != total:
-                eval_metrics = evaluator(trainer.net, info.device, trainer.precision.input_dtype, trainer.precision.autocast)
+                eval_metrics = _evaluate(evaluator, trainer)
                 metrics.evaluation(done, eval_metrics)
                 window_t = time.perf_counter()
             if done % cfg.save_every == 0 or done == total:
                 _save(trainer, cfg, info, out, positions_now, preprocess_cfg)
                 window_t = time.perf_counter()
         if evaluator:
-            eval_metrics = evaluator(trainer.net, info.device, trainer.precision.input_dtype, trainer.precision.autocast)
+            eval_metrics = _evaluate(evaluator, trainer)
             metrics.evaluation(total, eval_metrics)
         export = None
         if cfg.export:
@@ -491,6 +503,11 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
     if info.world > 1:
         dist.barrier()
     return TrainResult(out, total, last_loss, eval_metrics, export)
+
+
+def _evaluate(evaluator, trainer: Trainer) -> dict:
+    with trainer.inference_net() as net:
+        return evaluator(net, trainer.info.device, trainer.precision.input_dtype, trainer.precision.autocast)
 
 
 def _evaluator(cfg: TrainConfig, trainer: Trainer, info: DistInfo):

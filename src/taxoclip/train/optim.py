@@ -80,19 +80,22 @@ class MasterWeights:
 
     @torch.no_grad()
     def to_master(self) -> None:
+        model, master = [], []
         for (_, p), (_, m) in zip(self.model_params, self.masters):
             if p.grad is None:
                 m.grad = None
-            else:
-                if m.grad is None:
-                    m.grad = torch.empty_like(m)
-                m.grad.copy_(p.grad)
-                p.grad = None
+                continue
+            if m.grad is None:
+                m.grad = torch.empty_like(m)
+            model.append(p.grad)
+            master.append(m.grad)
+            p.grad = None
+        if master:
+            torch._foreach_copy_(master, model)
 
     @torch.no_grad()
     def to_model(self) -> None:
-        for (_, p), (_, m) in zip(self.model_params, self.masters):
-            p.copy_(m)
+        torch._foreach_copy_([p for _, p in self.model_params], [m for _, m in self.masters])
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {n: m.detach() for n, m in self.masters}
