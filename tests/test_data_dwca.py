@@ -288,3 +288,41 @@ def test_archive_images_fetched_from_a_local_server(tmp_path, request):
         before = srv.hits.copy()
         again = list(fetch_all(read_dwca(archive), journal, per_host_rate=None))
         assert len(again) == 6 and srv.hits == before  # the re-run is served from the journal
+
+
+def test_build_gets_every_reachable_image_once_and_reports_the_rest(tmp_path, request):
+    """`taxoclip data build` on a served archive: 404s, slow answers, 429-then-OK, a redirect, a hang."""
+    pytest.importorskip("aiohttp")
+    from test_data_fetch import ImageServer, tiny_jpegs
+
+    from taxoclip.data.build import BuildConfig, BuildOptions, build
+    from taxoclip.data.imaging import ImageSpec
+
+    try:
+        images = tiny_jpegs(7, request.getfixturevalue("bio_mini"))
+    except pytest.skip.Exception:
+        images = tiny_jpegs(7)
+    routes = ["img", "img", "missing", "slow", "flaky", "redirect", "hang"]
+    occ_terms = [DWC + "occurrenceID", DWC + "kingdom", DWC + "genus", DWC + "specificEpithet"]
+    with ImageServer(images, hang=3.0) as srv:
+        occ = [[f"occ-{i}", "Animalia", "Puma", "concolor"] for i in range(len(routes))]
+        media = [[f"occ-{i}", "StillImage", "image/jpeg", srv.url(r, i), "", "", "", ""] for i, r in enumerate(routes)]
+        files = {"meta.xml": _meta(("occurrence.txt", DWC + "Occurrence", occ_terms, {}),
+                                   [("multimedia.txt", GBIF + "Multimedia", GBIF_MEDIA, {})]),
+                 "occurrence.txt": _tsv(occ, occ_terms), "multimedia.txt": _tsv(media, GBIF_MEDIA)}
+        archive = _write(tmp_path / "served", files, as_zip=True)
+        config = BuildConfig(image=ImageSpec(size=32, min_side=16), dedup_threshold=0, exclude_threshold=0,
+                             aligned=None)
+        options = BuildOptions(workers=0, progress=False, fetch=dict(
+            concurrency=4, per_host_rate=None, timeout=1.0, retries=1, backoff=0.05))
+        stats = build([archive], tmp_path / "out", config=config, options=options)
+
+    assert stats["images"] == 5
+    for i, route in enumerate(routes):
+        if route in ("img", "slow", "redirect"):
+            assert srv.hits[f"/{route}/{i}.jpg"] == 1
+    assert srv.hits["/flaky/4.jpg"] == 2 and srv.hits["/img/5.jpg"] == 1  # 429 then OK; the redirect's target
+    with open(tmp_path / "out" / "errors.csv", newline="") as fh:
+        errors = {row["source_id"]: row["reason"] for row in csv.DictReader(fh)}
+    assert set(errors) == {"occ-2", "occ-6"}
+    assert "HTTP 404" in errors["occ-2"] and "timeout after 2 attempts" in errors["occ-6"]

@@ -16,6 +16,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -23,11 +24,12 @@ pytest.importorskip("aiohttp")
 
 from taxoclip.data.fetch import FetchJournal, FetchStats, fetch_all  # noqa: E402
 from taxoclip.data.records import Record  # noqa: E402
+from taxoclip.errors import InputError  # noqa: E402
 from taxoclip.taxonomy import Taxon  # noqa: E402
 
 
 def tiny_jpegs(n: int, bio_mini: Path | None = None) -> list[bytes]:
-    """n distinct JPEGs: real photos from bio-mini when given, else generated 8x8 images."""
+    """n distinct JPEGs: real photos from bio-mini when given, else generated 64x48 pictures."""
     if bio_mini is not None:
         out = []
         for shard in sorted(bio_mini.glob("*/*.tar")):
@@ -41,8 +43,10 @@ def tiny_jpegs(n: int, bio_mini: Path | None = None) -> list[bytes]:
 
     out = []
     for i in range(n):
+        img = Image.linear_gradient("L").resize((64, 48)).convert("RGB")
+        img.paste((i * 37 % 256, i * 91 % 256, i * 53 % 256), (i % 40, 0, i % 40 + 24, 24))
         buf = io.BytesIO()
-        Image.new("RGB", (8, 8), (i % 256, (i * 7) % 256, (i * 13) % 256)).save(buf, "JPEG")
+        img.save(buf, "JPEG")
         out.append(buf.getvalue())
     return out
 
@@ -77,7 +81,7 @@ class ImageServer:
                 with server.lock:
                     server.hits[self.path] += 1
                     n = server.hits[self.path]
-                route, _, arg = self.path.strip("/").partition("/")
+                route, _, arg = urlsplit(self.path).path.strip("/").partition("/")  # proxied: absolute URL
                 i = int(arg.split(".")[0]) if arg.split(".")[0].isdigit() else 0
                 if route == "img":
                     return self._image(i)
@@ -295,6 +299,24 @@ def test_killed_run_resumes_without_refetching(tmp_path, images):
     assert all(n == 1 for n in new_hits.values())
 
 
-def test_bad_arguments():
+def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="concurrency"):
-        next(fetch_all([], "unused.sqlite", concurrency=0))
+        next(fetch_all([], tmp_path / "unused.sqlite", concurrency=0))
+    (tmp_path / "junk.sqlite").write_bytes(b"not a database, just text" * 100)
+    with pytest.raises(InputError, match="junk.sqlite: not a fetch journal"):
+        next(fetch_all([_record(None, image=b"x")], tmp_path / "junk.sqlite"))
+
+
+def test_proxy_from_the_environment(tmp_path, images, monkeypatch):
+    """http_proxy/no_proxy are honoured as urllib reads them (the server plays the proxy)."""
+    for var in ("http_proxy", "https_proxy", "no_proxy", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+        monkeypatch.delenv(var.upper(), raising=False)
+    with ImageServer(images) as srv:
+        monkeypatch.setenv("http_proxy", srv.base)
+        monkeypatch.setenv("no_proxy", "127.0.0.1")
+        records = [_record("http://images.invalid/img/1.jpg", 1), _record(srv.url("img", 2), 2)]
+        out = {r.url: (data, err) for r, data, err in fetch_all(records, tmp_path / "j.sqlite", **FAST)}
+    assert out["http://images.invalid/img/1.jpg"] == (images[1], None)
+    assert srv.hits["http://images.invalid/img/1.jpg"] == 1  # asked of the proxy, by absolute URL
+    assert out[srv.url("img", 2)] == (images[2], None) and srv.hits["/img/2.jpg"] == 1  # no_proxy: direct

@@ -27,7 +27,7 @@ from .io.images import ImageLoader, ImageRef, find_images
 from .models import ClipModel, load_model, resolve, resolve_device, resolve_precision
 from .models.preprocess import ImagePreprocess
 from .taxonomy import RANKS, Rank
-from .textbank import RANK_COLUMNS, TextBank
+from .textbank import RANK_COLUMNS, TextBank, read_subset_csv
 
 __all__ = [
     "Prediction", "TreeOfLifeClassifier", "CustomLabelsClassifier", "CustomLabelsBinningClassifier",
@@ -159,8 +159,9 @@ class TreeOfLifeClassifier(_Base):
                  taxa: str | os.PathLike | pd.DataFrame | None = None, **kwargs):
         self.needs_text = taxa is not None
         super().__init__(model, **kwargs)
-        self.full_bank = (TextBank.from_taxa(self.model, taxa) if taxa is not None
-                          else TextBank.from_published(vocabulary, model=self.model))
+        bank = (TextBank.from_taxa(self.model, taxa) if taxa is not None
+                else TextBank.from_published(vocabulary, model=self.model))
+        self.full_bank = bank.to(self.model.device)
         self.bank = self.full_bank
 
     # pybioclip's subset API
@@ -168,17 +169,10 @@ class TreeOfLifeClassifier(_Base):
         return self.full_bank.label_data()
 
     def create_taxa_filter(self, rank: Rank | str, user_values: Sequence[str]) -> np.ndarray:
-        r = Rank.parse(rank)
-        values = set(map(str, user_values))
-        column = self.full_bank.label_data()[r.label]
-        self.full_bank.where(r, values)  # raises on unknown values
-        return column.isin(values).to_numpy()
+        return self.full_bank.mask(rank, user_values)
 
     def create_taxa_filter_from_csv(self, csv_path: str | os.PathLike) -> np.ndarray:
-        sub = self.full_bank.subset_from_csv(csv_path)
-        mask = np.zeros(len(self.full_bank), dtype=bool)
-        mask[sub._index] = True
-        return mask
+        return self.full_bank.mask(*read_subset_csv(csv_path))
 
     def apply_filter(self, keep_labels_ary: Sequence[bool]) -> None:
         self.bank = self.full_bank.subset(np.asarray(keep_labels_ary, dtype=bool))

@@ -35,7 +35,7 @@ from .taxonomy import RANKS, Rank, Taxon, apply_templates
 if TYPE_CHECKING:
     from .models import ClipModel
 
-__all__ = ["TextBank", "RANK_COLUMNS", "TAXA_COLUMNS", "VocabularyError"]
+__all__ = ["TextBank", "RANK_COLUMNS", "TAXA_COLUMNS", "VocabularyError", "read_subset_csv"]
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,13 @@ class TextBank:
         out["common_name"] = t["common_name"]
         return out
 
+    def to(self, device: torch.device | str) -> "TextBank":
+        """The same bank with its vectors on `device` (a GPU keeps the vocabulary resident)."""
+        dev = torch.device(device)
+        if dev.type == "cpu" or self._emb.device == dev:
+            return self
+        return TextBank(self._emb.to(dev), self._table_all, name=self.name, index=self._index)
+
     # ----- subsets ---------------------------------------------------------------------------
     def subset(self, keep: np.ndarray | Sequence[bool] | Sequence[int]) -> "TextBank":
         """Rows selected by a boolean mask or by positions; shares storage with this bank."""
@@ -129,8 +136,8 @@ class TextBank:
         base = pos if self._index is None else self._index[pos]
         return TextBank(self._emb, self._table_all, name=f"{self.name}[subset {len(pos)}]", index=base)
 
-    def where(self, rank: Rank | str, values: Iterable[str]) -> "TextBank":
-        """Rows whose value at `rank` is one of `values`; unknown values are an error (as pybioclip)."""
+    def mask(self, rank: Rank | str, values: Iterable[str]) -> np.ndarray:
+        """Which rows have one of `values` at `rank`; unknown values are an error (as in pybioclip)."""
         r = Rank.parse(rank)
         if not self.is_taxonomic:
             raise VocabularyError(f"bank {self.name} has no taxonomy to filter by {r.label}")
@@ -140,36 +147,47 @@ class TextBank:
         if len(unknown):
             shown = ", ".join(unknown.head(10)) + (" …" if len(unknown) > 10 else "")
             raise VocabularyError(f"unknown {r.label} in {self.name}: {shown}")
-        return self.subset(column.isin(set(wanted)).to_numpy())
+        return column.isin(set(wanted)).to_numpy(dtype=bool)
+
+    def where(self, rank: Rank | str, values: Iterable[str]) -> "TextBank":
+        """Rows whose value at `rank` is one of `values`."""
+        return self.subset(self.mask(rank, values))
 
     def subset_from_csv(self, path: str | os.PathLike) -> "TextBank":
         """pybioclip's `--subset` file: a CSV whose first column is named after a rank."""
-        try:
-            df = pd.read_csv(path, dtype=str, keep_default_na=False)
-        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-            raise VocabularyError(f"cannot read subset file {path}: {e}") from None
-        if df.shape[1] == 0:
-            raise VocabularyError(f"subset file {path} has no columns")
-        first = str(df.columns[0]).strip().lower()
-        if first not in RANKS:
-            raise VocabularyError(f"the first column of {path} is named {df.columns[0]!r} but must be one of {', '.join(RANKS)}")
-        return self.where(first, df.iloc[:, 0])
+        return self.where(*read_subset_csv(path))
 
     # ----- scoring ---------------------------------------------------------------------------
-    def _chunks(self, rows: int = CHUNK_ROWS):
+    def _chunks(self, rows: int | None = None):
+        """Consecutive blocks of rows. A cached bank is read with pread into a fresh buffer:
+        the 1.3 GB vocabulary then lives in the shared page cache, not in this process's RSS."""
+        rows = rows or CHUNK_ROWS
         n = len(self)
-        for s in range(0, n, rows):
-            e = min(n, s + rows)
-            if self._index is None:
-                yield s, self._emb[s:e]
-            else:
-                yield s, self._emb[torch.from_numpy(self._index[s:e])]
+        on_disk = self.cache_dir is not None and self._index is None and self._emb.device.type == "cpu"
+        path = self.cache_dir / "embeddings.bin" if on_disk else None
+        fd = os.open(path, os.O_RDONLY) if path is not None and path.exists() else None
+        try:
+            for s in range(0, n, rows):
+                e = min(n, s + rows)
+                if fd is not None:
+                    block = torch.empty(e - s, self.dim, dtype=self.dtype)
+                    view = block.view(torch.int16) if self.dtype == torch.bfloat16 else block
+                    _pread_into(fd, memoryview(view.numpy()).cast("B"), s * self.dim * block.element_size())
+                    yield s, block
+                elif self._index is None:
+                    yield s, self._emb[s:e]
+                else:
+                    yield s, self._emb[torch.from_numpy(self._index[s:e]).to(self._emb.device)]
+        finally:
+            if fd is not None:
+                os.close(fd)
 
     def _rows(self, positions: torch.Tensor) -> torch.Tensor:
         flat = positions.reshape(-1).cpu().numpy()
         if self._index is not None:
             flat = self._index[flat]
-        return self._emb[torch.from_numpy(np.ascontiguousarray(flat))].reshape(*positions.shape, self.dim)
+        pos = torch.from_numpy(np.ascontiguousarray(flat)).to(self._emb.device)
+        return self._emb[pos].reshape(*positions.shape, self.dim)
 
     def _compute_dtype(self, device: torch.device) -> torch.dtype:
         """bf16 products where the CPU has native bf16 and the bank is bf16; fp32 elsewhere.
@@ -374,6 +392,29 @@ def _check_k(k: int, n: int) -> int:
     if not isinstance(k, (int, np.integer)) or k <= 0:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     return min(int(k), n)
+
+
+def read_subset_csv(path: str | os.PathLike) -> tuple[Rank, list[str]]:
+    """(rank, values) from a CSV whose first column is named after a rank (pybioclip's `--subset`)."""
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise VocabularyError(f"cannot read subset file {path}: {e}") from None
+    if df.shape[1] == 0:
+        raise VocabularyError(f"subset file {path} has no columns")
+    first = str(df.columns[0]).strip().lower()
+    if first not in RANKS:
+        raise VocabularyError(f"the first column of {path} is named {df.columns[0]!r} but must be one of {', '.join(RANKS)}")
+    return Rank.parse(first), df.iloc[:, 0].tolist()
+
+
+def _pread_into(fd: int, buf: memoryview, offset: int) -> None:
+    done = 0
+    while done < len(buf):
+        n = os.preadv(fd, [buf[done:]], offset + done)
+        if n <= 0:
+            raise VocabularyError(f"vocabulary cache file ended early (fd {fd}); delete the cache entry and retry")
+        done += n
 
 
 def _group(t: pd.DataFrame, r: Rank) -> tuple[np.ndarray, pd.DataFrame]:

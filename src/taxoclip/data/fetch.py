@@ -30,6 +30,7 @@ from typing import Any, Iterable, Iterator
 import urllib.request
 from urllib.parse import urlsplit
 
+from ..errors import InputError
 from .records import Record
 
 __all__ = ["fetch_all", "FetchJournal", "FetchStats", "DEFAULT_PER_HOST_RATE", "USER_AGENT"]
@@ -67,12 +68,16 @@ class FetchJournal:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, timeout=60, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()  # one writer transaction at a time, from any thread
-        self._db.execute("PRAGMA page_size=65536")  # images are blobs: 3x less CPU than 4 KiB pages
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")  # survives a killed process; cheap commits
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS fetch (url TEXT PRIMARY KEY, state INTEGER NOT NULL,"
-            " error TEXT, attempts INTEGER NOT NULL DEFAULT 0, data BLOB, updated REAL)")
+        try:
+            self._db.execute("PRAGMA page_size=65536")  # images are blobs: 3x less CPU than 4 KiB pages
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")  # survives a killed process; cheap commits
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS fetch (url TEXT PRIMARY KEY, state INTEGER NOT NULL,"
+                " error TEXT, attempts INTEGER NOT NULL DEFAULT 0, data BLOB, updated REAL)")
+        except sqlite3.DatabaseError as e:
+            self._db.close()
+            raise InputError(f"{self.path}: not a fetch journal ({e}); delete it to start over") from None
 
     def get(self, url: str) -> tuple[int, str | None, bytes | None] | None:
         """(state, error, bytes) of a URL, or None if it was never tried."""
@@ -152,8 +157,8 @@ def fetch_all(
         raise ValueError(f"per_host_rate must be positive or None, got {per_host_rate}")
     import aiohttp  # noqa: F401  (fail here, in the caller's thread, if it is missing)
 
-    journal = FetchJournal(journal_path)
-    engine = _Engine(journal, FetchJournal(journal_path), stats if stats is not None else FetchStats(), concurrency=concurrency,
+    journal, writer = FetchJournal(journal_path), FetchJournal(journal_path)
+    engine = _Engine(journal, writer, stats if stats is not None else FetchStats(), concurrency=concurrency,
                      per_host_rate=per_host_rate, timeout=timeout, retries=retries, max_bytes=max_bytes,
                      max_redirects=max_redirects, backoff=backoff, max_retry_after=max_retry_after,
                      user_agent=user_agent)
@@ -167,13 +172,19 @@ def fetch_all(
                 break
             if isinstance(item, _Failure):
                 raise item.error
-            yield from item  # results arrive in batches: one thread hand-over per batch
-            engine.consumed(len(item))
+            taken = 0  # results arrive in batches; slots go back in small groups (few thread hops)
+            for result in item:
+                yield result
+                taken += 1
+                if taken == 16:
+                    engine.consumed(taken)
+                    taken = 0
+            engine.consumed(taken)
     finally:
         engine.stop()
         thread.join()
         journal.close()
-        engine.writer.close()
+        writer.close()
 
 
 _END = object()

@@ -14,7 +14,7 @@ from .clip import ClipModel
 from .loading import ModelLoadError, ModelSource, hf_file, instantiate, resolve
 from .preprocess import ImagePreprocess
 from .registry import ModelCard, find_card, list_cards, register
-from .runtime import configure_threads, resolve_device, resolve_precision
+from .runtime import configure_threads, release_memory, resolve_device, resolve_precision
 
 __all__ = [
     "ClipModel", "ModelCard", "ModelLoadError", "ModelSource", "ImagePreprocess",
@@ -37,11 +37,13 @@ def load_model(model_id: str = DEFAULT_MODEL, *, pretrained: str | None = None, 
     dtype = resolve_precision(precision, dev)
     source = resolve(model_id, pretrained)
     try:
-        return ClipModel.load(source, device=dev, dtype=dtype, text=text)
+        model = ClipModel.load(source, device=dev, dtype=dtype, text=text)
     except (OSError, RuntimeError, ValueError) as e:
         if isinstance(e, ModelLoadError):
             raise
         raise ModelLoadError(f"model {model_id}: cannot read weights {source.weights}: {e}") from e
+    release_memory()
+    return model
 
 
 def list_models() -> list[str]:

@@ -6,7 +6,7 @@ import os
 
 import torch
 
-__all__ = ["resolve_device", "resolve_precision", "DTYPES", "cpu_has_fast_bf16", "configure_threads"]
+__all__ = ["resolve_device", "resolve_precision", "DTYPES", "cpu_has_fast_bf16", "configure_threads", "release_memory"]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PRECISIONS = ("auto", *DTYPES)
@@ -66,3 +66,15 @@ def configure_threads() -> int:
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, n))
     return torch.get_num_threads()
+
+
+def release_memory() -> None:
+    """Give freed heap memory back to the OS (glibc keeps it after loading weights, ~0.5 GB)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass

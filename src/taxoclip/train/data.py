@@ -545,7 +545,8 @@ class Loader:
 
 
 def make_loader(cfg, *, rank: int, world: int, tokenizer, image_size: int, start_micro: int,
-                start_positions: dict[str, dict] | None, pin_memory: bool = False) -> Loader:
+                start_positions: dict[str, dict] | None, pin_memory: bool = False,
+                shards: ShardSet | None = None) -> Loader:
     """Build this process's loader from a `TrainConfig`, checking that the batch sizes divide."""
     from .config import ConfigError
 
@@ -561,7 +562,7 @@ def make_loader(cfg, *, rank: int, world: int, tokenizer, image_size: int, start
             raise ConfigError(f"{name}={b} must be a multiple of the streams per process ({per_rank}: "
                               f"data.streams={n_streams} over {world} processes)")
     start_positions = start_positions or {}
-    bio_shards = find_shards(d.train, d.split)
+    bio_shards = shards or find_shards(d.train, d.split)
     specs = {"bio": StreamSpec(bio_shards, d.batch_size // per_rank, bio_caption,
                                _accept_bio(d.split, d.text_types),
                                {int(k): v for k, v in start_positions.get("bio", {}).items()})}

@@ -24,9 +24,13 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_m
 
 
 def inference_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop the replay head and make every floating tensor fp32."""
-    return {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in state.items()
-            if CONTINUAL_KEY not in k.split(".")}
+    """Drop the replay head, make every floating tensor fp32 and the logit scale a scalar."""
+    out = {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in state.items()
+           if CONTINUAL_KEY not in k.split(".")}
+    for k in ("logit_scale", "logit_bias"):
+        if k in out and out[k].numel() == 1:
+            out[k] = out[k].reshape(())
+    return out
 
 
 class _StateOnly(nn.Module):
@@ -43,6 +47,7 @@ def export_model(state: dict[str, torch.Tensor], model_cfg: dict, preprocess_cfg
     from ..models import save_model
 
     cfg = copy.deepcopy(model_cfg)
+    cfg.pop("nonscalar_logit_scale", None)
     text = cfg.get("text_cfg", {})
     if "hf_model_name" in text:
         text["hf_model_pretrained"] = False

@@ -120,11 +120,12 @@ class Trainer:
         if cfg.model.grad_checkpointing:
             self.net.set_grad_checkpointing(True)
         self.net.to(info.device)
+        # fp32 masters are taken before the cast, so pretrained weights keep their fp32 values
+        self.masters = MasterWeights(list(self.net.named_parameters())) if self.precision.masters else None
         if self.precision.param_dtype != torch.float32:
             self.net.to(self.precision.param_dtype)
             self.net.logit_scale.data = self.net.logit_scale.data.float()  # exp(ln 100) in bf16 is 98.9
         self.module = ContrastiveModule(self.net)
-        self.masters = MasterWeights(list(self.net.named_parameters())) if self.precision.masters else None
         self.wrapped = self._wrap(self.module)
         named = self.masters.named() if self.masters else list(self.net.named_parameters())
         self.optimizer = make_optimizer(named, cfg.optim)
@@ -290,7 +291,12 @@ class Trainer:
         self.step += 1
         return {"loss": total.detach(), "loss_bio": parts["bio"].detach(),
                 "loss_replay": parts["replay"].detach() if "replay" in parts else torch.zeros((), device=total.device),
-                "logit_scale": self.net.logit_scale.detach().float()}
+                "logit_scale": _full(self.net.logit_scale.detach()).float().reshape(())}
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """The whole value of a possibly sharded (FSDP DTensor) tensor."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
 # ----- logging ------------------------------------------------------------------------------------------
@@ -378,15 +384,14 @@ class TrainResult:
     export: Path | None
 
 
-def _total_steps(cfg: TrainConfig, info: DistInfo) -> tuple[int, int]:
+def _total_steps(cfg: TrainConfig, info: DistInfo, shards) -> tuple[int, int]:
     """(optimiser steps, samples per epoch) from `steps` or `epochs`."""
     per_step = cfg.data.batch_size * info.world * cfg.optim.accum
-    n = cfg.data.train_samples
+    n = cfg.data.train_samples or shards.samples
     if cfg.steps > 0:
         return cfg.steps, n
     if not n:
-        shards = find_shards(cfg.data.train, cfg.data.split)
-        n = shards.samples or count_samples(shards.urls, cfg.data.split)
+        n = count_samples(shards.urls, cfg.data.split)
     return max(1, math.ceil(cfg.epochs * n / per_step)), n
 
 
@@ -404,7 +409,10 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
     info = init_distributed(cfg.device)
     _threads(cfg, info)
     out = Path(cfg.out)
-    total, epoch_samples = _total_steps(cfg, info)
+    shards = find_shards(cfg.data.train, cfg.data.split)  # bad paths fail before the model is built
+    if cfg.data.replay_batch_size:
+        find_shards(cfg.data.replay)
+    total, epoch_samples = _total_steps(cfg, info, shards)
     ck = None
     if resume:
         try:
@@ -434,7 +442,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
     image_size = int(trainer.built.preprocess_cfg["size"])
     loader = make_loader(cfg, rank=info.rank, world=info.world, tokenizer=trainer.built.tokenizer,
                          image_size=image_size, start_micro=start * cfg.optim.accum, start_positions=positions,
-                         pin_memory=info.device.type == "cuda")
+                         pin_memory=info.device.type == "cuda", shards=shards)
     metrics = MetricsLog(out, info.main, cfg.tensorboard, start)
     evaluator = _evaluator(cfg, trainer, info)
     preprocess_cfg = _export_preprocess(trainer)

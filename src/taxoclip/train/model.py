@@ -122,6 +122,8 @@ def build_model(cfg: ModelConfig, *, replay: bool = False, seed: int = 0) -> Bui
     """Build and initialise the model a run trains (on the CPU, fp32)."""
     model_cfg, pre, weights = _resolve(cfg)
     vision, text = model_cfg.setdefault("vision_cfg", {}), model_cfg.setdefault("text_cfg", {})
+    if cfg.fsdp:  # FSDP shards only tensors with a dimension; exports turn it back into a scalar
+        model_cfg["nonscalar_logit_scale"] = True
     if cfg.image_size:
         vision["image_size"] = cfg.image_size
     tokenizer_dir = ""
@@ -180,6 +182,10 @@ def _load_full(net: nn.Module, path: Path) -> torch.Tensor | None:
         raise ConfigError(f"cannot read weights {path}: {e}") from None
     continual = {k: sd.pop(k) for k in [k for k in sd if k.split(".")[-1] == CONTINUAL_KEY
                                         or f".{CONTINUAL_KEY}." in k]}
+    for k in ("logit_scale", "logit_bias"):
+        own = getattr(net, k, None)
+        if k in sd and isinstance(own, torch.Tensor) and sd[k].shape != own.shape and sd[k].numel() == 1:
+            sd[k] = sd[k].reshape(own.shape)
     if "positional_embedding" in sd and hasattr(net, "positional_embedding"):
         resize_text_pos_embed(sd, net)
     resize_pos_embed(sd, net)

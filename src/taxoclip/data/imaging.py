@@ -1,0 +1,109 @@
+"""Image processing for training shards: decode, reject small images, resize, re-encode JPEG.
+
+Decoding is `taxoclip.io.images.decode_image` (EXIF orientation, any mode -> 8-bit RGB), with
+JPEG draft mode so a 4000 px photo is decoded at a fraction of its size when we only keep 224
+px. Resize modes are a registry: `squash` (to size x size, aspect not kept, as the
+TreeOfLife shards are) and `shorter-side` (shorter side to size, aspect kept). Every failure
+is a `Rejected` with a one-line reason for the error report.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Callable
+
+from PIL import Image
+
+from ..errors import InputError
+from ..io.images import decode_image
+
+__all__ = ["ImageSpec", "Rejected", "RESIZE_MODES", "read_payload", "decode", "encode_jpeg"]
+
+
+class Rejected(Exception):
+    """An image that will not be built, with the reason for the error report."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _squash(img: Image.Image, size: int) -> Image.Image:
+    return img.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
+
+
+def _shorter_side(img: Image.Image, size: int) -> Image.Image:
+    w, h = img.size
+    scale = size / min(w, h)
+    return img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BICUBIC,
+                      reducing_gap=3.0)
+
+
+RESIZE_MODES: dict[str, Callable[[Image.Image, int], Image.Image]] = {
+    "squash": _squash,
+    "shorter-side": _shorter_side,
+}
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """How output images are made; part of a build's identity (changing it changes the output)."""
+
+    size: int = 224
+    resize: str = "squash"
+    min_side: int = 224
+    quality: int = 95
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZE_MODES:
+            raise InputError(f"unknown resize mode {self.resize!r}; expected one of {', '.join(RESIZE_MODES)}")
+        if self.size < 1 or self.min_side < 1:
+            raise InputError("--size and --min-side must be positive")
+        if not 1 <= self.quality <= 100:
+            raise InputError(f"JPEG quality must be 1-100, got {self.quality}")
+
+
+def read_payload(image: bytes | None, path: str | None) -> bytes:
+    """The encoded bytes of a record's image, from memory or from its file."""
+    if image is not None:
+        return image
+    if path is None:
+        raise Rejected("no image")
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise Rejected("file not found") from None
+    except IsADirectoryError:
+        raise Rejected("is a directory") from None
+    except OSError as e:
+        raise Rejected(f"cannot read file ({e.strerror or e})") from None
+
+
+def decode(data: bytes, spec: ImageSpec) -> tuple[Image.Image, tuple[int, int]]:
+    """Upright RGB image and its original (width, height); `Rejected` if unusable or too small."""
+    if not data:
+        raise Rejected("empty file")
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            original = probe.size
+    except Exception:  # decode_image gives the precise reason below
+        original = None
+    # Draft only reduces a JPEG while both sides stay >= this, so the size check stays exact.
+    draft = max(spec.size, spec.min_side)
+    try:
+        img = decode_image(data, draft=(draft, draft))
+    except InputError as e:
+        raise Rejected(getattr(e, "reason", str(e))) from None
+    w, h = original or img.size
+    if min(img.size) < spec.min_side:
+        raise Rejected(f"too small: {w}x{h}, shorter side below --min-side {spec.min_side}")
+    return img, (w, h)
+
+
+def encode_jpeg(img: Image.Image, spec: ImageSpec) -> bytes:
+    """Resize per `spec` and encode as baseline JPEG without metadata (deterministic bytes)."""
+    out = RESIZE_MODES[spec.resize](img, spec.size)
+    buf = io.BytesIO()
+    out.save(buf, "JPEG", quality=spec.quality)
+    return buf.getvalue()
