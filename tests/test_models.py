@@ -24,7 +24,7 @@ def test_local_dir_matches_open_clip_exactly_in_fp32(tiny_model_dir):
         want_txt = torch.nn.functional.normalize(ref.encode_text(m.tokenizer(["a photo of a fox"])), dim=-1)
     assert torch.equal(m.encode_image(x), want_img)
     assert torch.equal(m.encode_text(["a photo of a fox"]), want_txt)
-    assert m.logit_scale == pytest.approx(float(ref.logit_scale.exp()))
+    assert m.logit_scale == pytest.approx(float(ref.logit_scale.detach().exp()))
     assert m.embed_dim == 32 and m.preprocess.size == 32
 
 
@@ -104,3 +104,18 @@ def test_precision_choice():
         resolve_precision("fp16", "cpu")
     with pytest.raises(ValueError, match="unknown precision"):
         resolve_precision("int3", "cpu")
+
+
+def test_open_clip_name_with_a_weights_file(tiny_model_dir, monkeypatch):
+    import open_clip
+    from open_clip import factory
+
+    cfg = json.loads((tiny_model_dir / "open_clip_config.json").read_text())["model_cfg"]
+    monkeypatch.setitem(factory._MODEL_CONFIGS, "taxoclip-test-tiny", cfg)
+    assert "taxoclip-test-tiny" in open_clip.list_models()
+    weights = str(tiny_model_dir / "open_clip_model.safetensors")
+    x = torch.randn(2, 3, 32, 32)
+    m = load_model("taxoclip-test-tiny", pretrained=weights, precision="fp32")
+    assert torch.equal(m.encode_image(x), load_model(str(tiny_model_dir), precision="fp32").encode_image(x))
+    with pytest.raises(ModelLoadError, match="neither a file nor one of its tags"):
+        load_model("taxoclip-test-tiny", pretrained="no-such-tag")
