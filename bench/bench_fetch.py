@@ -155,6 +155,7 @@ def worker_fetch(urls: list[str], out: Path, concurrency: int, resize: int | Non
         info = tarfile.TarInfo(name)
         info.size, info.mtime = len(data), int(time.time())
         tar.addfile(info, io.BytesIO(data))
+        tar.members.clear()  # TarFile remembers every member it wrote: memory would grow with the input
 
     # webdataset layout (<key>.jpg + <key>.txt in a tar), written with tarfile: importing
     # webdataset would import torch, which costs more than fetching 2,000 images.
@@ -245,7 +246,8 @@ def count_tar_images(folder: Path) -> int:
 
 
 def find_img2dataset(arg: str | None) -> str | None:
-    for cand in (arg, os.environ.get("IMG2DATASET"), shutil.which("img2dataset"), "/work/venv-img2dataset/bin/img2dataset"):
+    for cand in (arg, os.environ.get("IMG2DATASET"), shutil.which("img2dataset"),
+                 "/work/venv-img2dataset/bin/img2dataset"):
         if cand and Path(cand).exists():
             return cand
     return None
@@ -276,7 +278,10 @@ def run_tool(tool: str, urls: list[str], work: Path, args: argparse.Namespace, i
         cmd = [sys.executable, "-m", "taxoclip", "data", "build", str(archive), "--out", str(out / "shards"),
                *args.build_args.split()]
         res = measure(cmd, env=env)
-        images = count_tar_images(out / "shards") if res["rc"] == 0 else 0
+        images = 0
+        if res["rc"] == 0:  # images handled: written, or removed as near duplicates after all the work
+            counts = json.loads((out / "shards" / "stats.json").read_text())["build"]["counts"]
+            images = counts.get("written", 0) + counts.get("removed", 0)
     elif tool == "img2dataset":
         if i2d is None:
             return None
@@ -304,7 +309,8 @@ def main() -> None:
         resize = int(sys.argv[5]) or None
         print(json.dumps(worker_fetch(urls, Path(sys.argv[3]), int(sys.argv[4]), resize)))
         return
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--urls", type=int, default=2000)
     p.add_argument("--memory", action="store_true", help="also run 10x the URLs and compare peak RSS")
     p.add_argument("--tools", default="taxoclip-fetch,taxoclip-resize,taxoclip-build,img2dataset")

@@ -41,7 +41,8 @@ def _meta(core: tuple, extensions: list[tuple], metadata: str = "") -> str:
                 f'<{id_tag} index="0"/>{fields}{extra}</{tag}>')
     body = block("core", "id", *core) + "".join(block("extension", "coreid", *e) for e in extensions)
     meta_attr = f' metadata="{metadata}"' if metadata else ""
-    return f'<?xml version="1.0" encoding="UTF-8"?><archive xmlns="http://rs.tdwg.org/dwc/text/"{meta_attr}>{body}</archive>'
+    return (f'<?xml version="1.0" encoding="UTF-8"?>'
+            f'<archive xmlns="http://rs.tdwg.org/dwc/text/"{meta_attr}>{body}</archive>')
 
 
 def _tsv(rows: list[list[str]], header: list[str]) -> str:
@@ -72,13 +73,15 @@ def _write(root: Path, files: dict[str, str | bytes], as_zip: bool) -> Path:
 def gbif_archive(root: Path, url, as_zip: bool = True) -> Path:
     """A GBIF-download-like archive; `url(i)` gives image i's URL."""
     occ = [
-        ["101", "urn:occ:1", *PUMA, "Puma concolor (Linnaeus, 1771)", "SPECIES", "CC0_1_0", "Cats of the North", "2020-05-01"],
+        ["101", "urn:occ:1", *PUMA, "Puma concolor (Linnaeus, 1771)", "SPECIES", "CC0_1_0", "Cats of the North",
+         "2020-05-01"],
         ["102", "urn:occ:2", "Plantae", "Tracheophyta", "Magnoliopsida", "Rosales", "Rosaceae", "Malus", "domestica",
          "Malus domestica Borkh.", "SPECIES", "CC_BY_4_0", "Orchards", ""],
         ["103", "urn:occ:3", *PUMA[:6], "", "Puma", "GENUS", "CC_BY_4_0", "no media here", ""],
         ["104", "", "Fungi", "Basidiomycota", "Agaricomycetes", "Agaricales", "Amanitaceae", "Amanita", "",
          'Amanita "fly agaric" group', "GENUS", "CC_BY_NC_4_0", "quoted", ""],
-        ["105", "urn:occ:5", "Animalia", "", "", "", "", "Felis", "", "Puma concolor", "SPECIES", "CC0_1_0", "conflict", ""],
+        ["105", "urn:occ:5", "Animalia", "", "", "", "", "Felis", "", "Puma concolor", "SPECIES", "CC0_1_0",
+         "conflict", ""],
         ["106", "urn:occ:6", "incertae sedis", "", "", "", "", "", "", "BOLD:ACZ1234", "UNRANKED", "", "", ""],
     ]
     media = [  # deliberately not in core order, and mixed media types

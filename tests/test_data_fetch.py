@@ -320,3 +320,12 @@ def test_proxy_from_the_environment(tmp_path, images, monkeypatch):
     assert out["http://images.invalid/img/1.jpg"] == (images[1], None)
     assert srv.hits["http://images.invalid/img/1.jpg"] == 1  # asked of the proxy, by absolute URL
     assert out[srv.url("img", 2)] == (images[2], None) and srv.hits["/img/2.jpg"] == 1  # no_proxy: direct
+
+
+def test_an_error_in_the_input_reaches_the_caller(tmp_path):
+    def broken():
+        yield _record(None, 1, image=b"x")
+        raise InputError("archive.zip/occurrence.txt: malformed row")
+
+    with pytest.raises(InputError, match="malformed row"):
+        list(fetch_all(broken(), tmp_path / "j.sqlite"))

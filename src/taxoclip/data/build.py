@@ -24,6 +24,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 import uuid as uuidlib
@@ -54,6 +55,7 @@ log = logging.getLogger(__name__)
 UUID_NAMESPACE = uuidlib.UUID("6f1c3c2e-7a9b-5d4e-9c1a-2b3d4e5f6a7b")
 OUTPUT_FILES = ("catalog.parquet", "stats.json", *REPORTS)
 _BATCH = 16  # images per worker task
+_SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # a split becomes a folder name
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,9 @@ def sample_uuid(data_source: str, source_id: str, md5: str) -> str:
 def _identity(inputs: list[str], exclude: list[str], config: BuildConfig) -> dict:
     cfg = asdict(config)
     cfg["source"].pop("workdir", None)
+    if not exclude:  # options of --exclude do not change a build without it
+        cfg.pop("aligned")
+        cfg.pop("exclude_threshold")
     return {"inputs": [str(Path(p).expanduser().resolve()) for p in inputs],
             "exclude": [str(Path(p).expanduser().resolve()) for p in exclude],
             "config": json.loads(json.dumps(cfg, default=str))}
@@ -114,6 +119,10 @@ def build(inputs: Iterable[str | os.PathLike], out: str | os.PathLike, *, exclud
         raise InputError("no inputs given")
     for p in inputs + exclude:
         detect_source(p)  # a bad input fails now, naming itself
+    try:
+        import pdqhash  # noqa: F401
+    except ImportError:
+        raise TaxoclipError("taxoclip data build needs the pdqhash package (pip install pdqhash)") from None
     out = Path(out).expanduser()
     identity = _identity(inputs, exclude, config)
     work = WorkDir(out)
@@ -365,7 +374,8 @@ class _Builder:
         if removal is not None:
             reason, rule, matched, score = removal
             self._count("removed")
-            self._reason("removed", f"{reason} ({rule})")
+            key = f"{reason} ({rule})"
+            self.reasons["removed"][key] = self.reasons["removed"].get(key, 0) + 1
             self.part["removed"].append({**base, "reason": reason, "rule": rule, "matched": matched, "score": score})
             return
         self._write(res, record, streams)
@@ -392,8 +402,8 @@ class _Builder:
 
     def _write(self, res: Processed, record: Record, streams: dict[str, ShardStream]) -> None:
         uid = sample_uuid(record.data_source, record.source_id, res.md5)
-        given = record.meta.get("split") if self.config.split_from_source else None
-        split = str(given) if given else self.config.splits.assign(record.source_id)
+        given = str(record.meta.get("split") or "") if self.config.split_from_source else ""
+        split = given if _SPLIT_NAME.fullmatch(given) else self.config.splits.assign(record.source_id)
         if split not in streams:
             streams[split] = ShardStream(self.out, split, self.config.shard_size)
         taxon = record.taxon

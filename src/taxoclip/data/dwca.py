@@ -25,6 +25,7 @@ import tempfile
 import xml.etree.ElementTree as ET
 import zipfile
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -51,7 +52,11 @@ _MEDIA_TERMS = ("identifier", "accessURI", "type", "format", "license", "UsageTe
 _OCCURRENCE_META = ("occurrenceID", "gbifID", "catalogNumber", "institutionCode", "datasetKey", "datasetName",
                     "basisOfRecord", "eventDate", "countryCode", "stateProvince", "decimalLatitude",
                     "decimalLongitude", "recordedBy", "identifiedBy", "taxonRank", "taxonKey", "taxonID")
-_RANK_TERMS = {"kingdom", "phylum", "class", "order", "family", "genus"}  # GBIF writes "incertae sedis"
+# What Taxon.from_record reads, and everything else a record takes from the core.
+_TAXON_TERMS = ("kingdom", "phylum", "class", "order", "family", "genus", "specificEpithet", "species",
+                "scientificName", "acceptedScientificName", "taxonRank", "vernacularName")
+_CORE_TERMS = frozenset(_TAXON_TERMS + _OCCURRENCE_META + (
+    "license", "rights", "rightsHolder", "associatedMedia", "verbatimScientificName"))
 _STILL_TYPES = {"stillimage", "image", "photograph", "still image"}
 _URL = re.compile(r"https?://[^\s|,;\"'<>]+", re.I)
 
@@ -84,6 +89,9 @@ def read_dwca(path: str | Path, *, data_source: str | None = None, stats: DwcaSt
     try:
         core, media = archive.tables()
         source = data_source or archive.data_source(core)
+        core.keep(_CORE_TERMS)  # a GBIF core has ~250 columns; a record needs ~40
+        if media is not None:
+            media.keep(_MEDIA_TERMS)
         with tempfile.TemporaryDirectory(prefix="taxoclip-dwca-", dir=workdir) as tmp:
             index = _MediaIndex(Path(tmp) / "media.sqlite")
             try:
@@ -114,9 +122,8 @@ def _record(occ: dict[str, str], image: dict[str, str], source: str, stats: Dwca
             meta[key] = image[key]
     if "rightsHolder" not in meta and occ.get("rightsHolder"):
         meta["rightsHolder"] = occ["rightsHolder"]
-    terms = {k: ("" if k in _RANK_TERMS and v.lower() == "incertae sedis" else v) for k, v in occ.items() if k != "\0id"}
     try:
-        taxon = Taxon.from_record(terms)
+        taxon = _taxon(tuple(occ.get(k, "") for k in _TAXON_TERMS))
     except ValueError as e:  # e.g. a binomial outside the genus column: leave it to alignment
         stats.taxonomy_conflicts += 1
         meta["taxonomy_error"] = str(e)
@@ -126,6 +133,16 @@ def _record(occ: dict[str, str], image: dict[str, str], source: str, stats: Dwca
     return Record(source_id=source_id, taxon=taxon, data_source=source, origin=image["url"], url=image["url"],
                   license=image.get("license") or occ.get("license") or occ.get("rights", ""),
                   meta=meta, scientific_name=name)
+
+
+@lru_cache(maxsize=1 << 16)
+def _taxon(values: tuple[str, ...]) -> Taxon:
+    """`Taxon.from_record` on the taxonomy terms, cached: an export repeats each species a lot."""
+    terms = dict(zip(_TAXON_TERMS, values))
+    for rank in ("kingdom", "phylum", "class", "order", "family", "genus"):
+        if terms[rank].lower() == "incertae sedis":  # GBIF's placeholder for "not placed"
+            terms[rank] = ""
+    return Taxon.from_record(terms)
 
 
 def _media(row: dict[str, str], stats: DwcaStats) -> dict[str, str] | None:
@@ -209,6 +226,10 @@ class _Table:
     quotechar: str = '"'
     encoding: str = "utf-8"
     header_lines: int = 0
+
+    def keep(self, terms: frozenset[str] | tuple[str, ...]) -> None:
+        """Read only these terms (the id column is always read)."""
+        self.fields = [f for f in self.fields if f[0] in terms]
 
     def rows(self, archive: "_Archive", stats: DwcaStats) -> Iterator[dict[str, str]]:
         """Each data row as {short term: value}, plus the row's id under "\\0id"."""

@@ -23,7 +23,8 @@ def is_dwca(path: Path) -> bool:
     return False
 
 
-@register_source("dwca", is_dwca, "a Darwin Core Archive (.zip, or a folder with meta.xml/occurrence.txt)")
+@register_source("dwca", is_dwca, "a Darwin Core Archive (.zip, or a folder with meta.xml/occurrence.txt)",
+                 priority=10)
 def read(path: Path, options: SourceOptions) -> Iterator[Record]:
     from .dwca import read_dwca
 

@@ -17,7 +17,9 @@ from PIL import Image
 from ..errors import InputError
 from ..io.images import decode_image
 
-__all__ = ["ImageSpec", "Rejected", "RESIZE_MODES", "read_payload", "decode", "encode_jpeg"]
+__all__ = ["ImageSpec", "Rejected", "RESIZE_MODES", "read_payload", "decode", "encode_jpeg", "FINGERPRINT_SIDE"]
+
+FINGERPRINT_SIDE = 128  # decode at least this large (when the photo is): fingerprints must not depend on --size
 
 
 class Rejected(Exception):
@@ -89,8 +91,9 @@ def decode(data: bytes, spec: ImageSpec) -> tuple[Image.Image, tuple[int, int]]:
             original = probe.size
     except Exception:  # decode_image gives the precise reason below
         original = None
-    # Draft only reduces a JPEG while both sides stay >= this, so the size check stays exact.
-    draft = max(spec.size, spec.min_side)
+    # Draft only reduces a JPEG while both sides stay >= this, so the size check stays exact;
+    # fingerprints (64x64 at most) need at least FINGERPRINT_SIDE pixels whatever the output size.
+    draft = max(spec.size, spec.min_side, FINGERPRINT_SIDE)
     try:
         img = decode_image(data, draft=(draft, draft))
     except InputError as e:

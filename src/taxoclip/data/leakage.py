@@ -39,9 +39,9 @@ STORED_SIZE = 64
 class AlignedMatch:
     """Parameters of the crop-tolerant rule (part of a build's identity)."""
 
-    retrieve: float = 0.8  # 8x8 colour correlation to consider an evaluation image at all
+    retrieve: float = 0.85  # 8x8 colour correlation to consider an evaluation image at all
     accept: float = 0.95  # 32x32 grey correlation, after the best crop alignment, to call it a copy
-    top_k: int = 8  # candidates verified per training image
+    top_k: int = 4  # candidates verified per training image
     max_crop: float = 0.05  # largest fraction of the frame cut from either side
     steps: int = 5  # grid steps over [0, max_crop] per side
 
@@ -86,20 +86,40 @@ def _crop_matrices(max_crop: float, steps: int) -> np.ndarray:
     return np.stack(mats)
 
 
-def aligned_correlation(fine: np.ndarray, stored: np.ndarray, params: AlignedMatch) -> np.ndarray:
-    """Best correlation over crop boxes of each stored thumbnail: fine (32,32), stored (k,64,64) -> (k,)."""
-    m = _crop_matrices(params.max_crop, params.steps)  # (P, 32, 64)
-    p = m.shape[0]
-    flat = m.reshape(p * FINE_SIZE, STORED_SIZE)  # rows: (crop_y, y)
-    out = np.empty(len(stored), np.float32)
+def _best_of(z: np.ndarray, fine: np.ndarray) -> np.ndarray:
+    """Correlation of each candidate rendition z[k] (K, 32, 32) with the mean-centred `fine`."""
     n = FINE_SIZE * FINE_SIZE
+    dot = np.einsum("kyx,yx->k", z, fine)
+    s1 = z.sum(axis=(1, 2))
+    s2 = np.einsum("kyx,kyx->k", z, z)
+    return dot / np.sqrt(np.maximum(s2 - s1 * s1 / n, 1e-6))
+
+
+def aligned_correlation(fine: np.ndarray, stored: np.ndarray, params: AlignedMatch, rounds: int = 2) -> np.ndarray:
+    """Best correlation over crop boxes of each stored thumbnail: fine (32,32), stored (k,64,64) -> (k,).
+
+    The crop box is separable (a cut pair per axis), so instead of trying all P x P boxes it
+    is found by coordinate ascent: best x cuts for the current y cuts, then best y cuts for
+    those x cuts, `rounds` times, starting from the middle of the range (~1 ms a candidate).
+    """
+    m = _crop_matrices(params.max_crop, params.steps)  # (P, 32, 64): one per (cut before, cut after)
+    p = m.shape[0]
+    flat_t = m.reshape(p * FINE_SIZE, STORED_SIZE).T  # (64, P*32)
+    out = np.empty(len(stored), np.float32)
     for i, e in enumerate(stored.astype(np.float32)):
-        z = (flat @ e @ flat.T).reshape(p, FINE_SIZE, p, FINE_SIZE)  # (crop_y, y, crop_x, x)
-        dot = np.einsum("aybx,yx->ab", z, fine)
-        s1 = z.sum(axis=(1, 3))
-        s2 = (z * z).sum(axis=(1, 3))
-        var = np.maximum(s2 - s1 * s1 / n, 1e-6)
-        out[i] = float((dot / np.sqrt(var)).max())  # `fine` is mean-centred, so dot ignores z's mean
+        py = qx = p // 2
+        best = -1.0
+        for _ in range(rounds):
+            rows = m[py] @ e  # (32, 64): y cut fixed
+            zx = (rows @ flat_t).reshape(FINE_SIZE, p, FINE_SIZE).transpose(1, 0, 2)  # (P, 32, 32)
+            cx = _best_of(zx, fine)
+            qx = int(np.argmax(cx))
+            cols = e @ m[qx].T  # (64, 32): x cut fixed
+            zy = (flat_t.T @ cols).reshape(p, FINE_SIZE, FINE_SIZE)
+            cy = _best_of(zy, fine)
+            py = int(np.argmax(cy))
+            best = max(best, float(cx[qx]), float(cy[py]))
+        out[i] = best
     return out
 
 

@@ -54,7 +54,7 @@ def _split_key(name: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), ext.lower()
 
 
-@register_source("shards", is_shard_set, "a webdataset shard set (.tar, or a folder of .tar files)")
+@register_source("shards", is_shard_set, "a webdataset shard set (.tar, or a folder of .tar files)", priority=20)
 def read_shard_set(path: Path, options: SourceOptions) -> Iterator[Record]:
     default_source = (path.parent.name if path.is_file() else path.name) or "shards"
     for shard in shard_files(path):

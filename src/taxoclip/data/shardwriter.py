@@ -37,6 +37,35 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _tarinfo_header(name: str, size: int) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = MTIME
+    info.mode = 0o444
+    info.uname = info.gname = "bigdata"
+    return info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+
+
+_TEMPLATE = bytearray(_tarinfo_header("", 0))
+_TEMPLATE[148:156] = b" " * 8  # checksum field counts as spaces
+_TEMPLATE_SUM = sum(_TEMPLATE[:124]) + sum(_TEMPLATE[136:])  # without name and size fields
+_TEMPLATE_SUM -= sum(_TEMPLATE[0:100])
+
+
+def member_header(name: str, size: int) -> bytes:
+    """The USTAR header `tarfile` writes for a member (fixed mode, owner, mtime), built directly:
+    `TarInfo.tobuf` was a third of the main process's time in a build."""
+    raw = name.encode("utf-8")
+    if len(raw) > 100 or size >= 8 ** 11:
+        return _tarinfo_header(name, size)
+    head = bytearray(_TEMPLATE)
+    head[0:len(raw)] = raw
+    head[124:136] = b"%011o\0" % size
+    chksum = _TEMPLATE_SUM + sum(raw) + sum(head[124:136])
+    head[148:156] = b"%06o\0 " % chksum
+    return bytes(head)
+
+
 class ShardStream:
     """The shards of one split: `<root>/<name>/shard-%05d.tar`, `shard_size` samples each."""
 
@@ -107,12 +136,7 @@ class ShardStream:
         chunks = []
         for ext in sorted(members):
             data = members[ext]
-            info = tarfile.TarInfo(f"{key}.{ext}")
-            info.size = len(data)
-            info.mtime = MTIME
-            info.mode = 0o444
-            info.uname = info.gname = "bigdata"
-            chunks.append(info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape"))
+            chunks.append(member_header(f"{key}.{ext}", len(data)))
             chunks.append(data)
             pad = -len(data) % _BLOCK
             if pad:

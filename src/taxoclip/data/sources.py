@@ -44,16 +44,22 @@ class SourceKind:
     detect: Callable[[Path], bool]
     read: Callable[[Path, SourceOptions], Iterator[Record]]
     description: str
+    priority: int = 100  # lower is asked first (more specific kinds first)
 
 
 SOURCES: list[SourceKind] = []
 
 
-def register_source(name: str, detect: Callable[[Path], bool], description: str):
-    """Decorator: register `read(path, options)` as the reader of inputs `detect` accepts."""
+def register_source(name: str, detect: Callable[[Path], bool], description: str, priority: int = 100):
+    """Decorator: register `read(path, options)` as the reader of inputs `detect` accepts.
+
+    Detectors are asked in `priority` order, so the registry does not depend on import order.
+    """
 
     def deco(read: Callable[[Path, SourceOptions], Iterator[Record]]):
-        SOURCES.append(SourceKind(name, detect, read, description))
+        SOURCES[:] = [k for k in SOURCES if k.name != name]
+        SOURCES.append(SourceKind(name, detect, read, description, priority))
+        SOURCES.sort(key=lambda k: k.priority)
         return read
 
     return deco
@@ -90,5 +96,4 @@ def read_inputs(paths: Iterable[str | os.PathLike], options: SourceOptions = Sou
 
 
 def _load_builtin_sources() -> None:
-    if not SOURCES:
-        from . import dwca_source, shards, tables  # noqa: F401  (they register themselves)
+    from . import dwca_source, shards, tables  # noqa: F401  (they register themselves on import)

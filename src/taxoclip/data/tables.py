@@ -188,7 +188,8 @@ def _clean(value: Any) -> str:
     return str(value).strip()
 
 
-@register_source("table", is_table, "a CSV/TSV/Parquet table with filepath or url, or a folder holding one")
+@register_source("table", is_table, "a CSV/TSV/Parquet table with filepath or url, or a folder holding one",
+                 priority=30)
 def read_table(path: Path, options: SourceOptions) -> Iterator[Record]:
     table = path if path.is_file() else find_table(path)
     assert table is not None
@@ -219,7 +220,7 @@ def _row_record(row: dict, n: int, table: Path, base: Path, cols: _Columns, defa
         taxon=taxon,
         data_source=(_clean(row.get(cols.data_source)) if cols.data_source else "") or default_source,
         origin=path or url or where,
-        url=url or None if not path else None,
+        url=None if path else (url or None),
         path=path,
         license=_clean(row.get(cols.license)) if cols.license else "",
         traits=traits if isinstance(traits, dict) else {},
@@ -259,7 +260,8 @@ def _row_taxon(row: dict, cols: _Columns, meta: dict) -> tuple[Taxon, str]:
 
 
 # ----- bare image folders --------------------------------------------------------------------
-@register_source("images", is_image_folder, "a folder of images (sub-folder names read as scientific names)")
+@register_source("images", is_image_folder, "a folder of images (sub-folder names read as scientific names)",
+                 priority=40)
 def read_image_folder(path: Path, options: SourceOptions) -> Iterator[Record]:
     for file in _walk_images(path):
         rel = file.relative_to(path)
