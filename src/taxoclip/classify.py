@@ -309,11 +309,16 @@ def embed_images(images: Images, model: str | ClipModel = "bioclip-2", *, normal
     return names, (np.stack(vecs) if vecs else np.zeros((0, 0), dtype=np.float32))
 
 
-def preview_preprocess(model_id: str, pretrained: str | None = None) -> ImagePreprocess:
-    """A model's preprocessing without loading its weights (to start decoding early)."""
-    return ImagePreprocess.from_config(resolve(model_id, pretrained).preprocess_cfg)
-
-
-def uses_draft(device: str, precision: str) -> bool:
-    """Fast JPEG draft decoding is part of the reduced-precision path; fp32 runs stay exact."""
-    return resolve_precision(precision, resolve_device(device)) != torch.float32
+def start_loader(inputs: Iterable, *, model: str = "bioclip-2", pretrained: str | None = None, device: str = "auto",
+                 precision: str = "auto", batch_size: int = DEFAULT_BATCH_SIZE,
+                 workers: int | None = None) -> tuple[ImageLoader | None, list[str]]:
+    """Find the images and start decoding them before the model is loaded (front ends call this
+    first, so the first batches are ready when the weights are). Returns (loader or None when
+    there is nothing to read, one message per input that held no image)."""
+    refs, problems = find_images(inputs)
+    if not refs:
+        return None, problems
+    preprocess = ImagePreprocess.from_config(resolve(model, pretrained).preprocess_cfg)
+    # JPEG draft decoding belongs to the reduced-precision path; fp32 stays faithful to pybioclip.
+    draft = resolve_precision(precision, resolve_device(device)) != torch.float32
+    return ImageLoader(refs, preprocess, batch_size=batch_size, workers=workers, draft=draft).start(), problems

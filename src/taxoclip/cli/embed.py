@@ -21,16 +21,15 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import classify
-    from ..io.images import ImageLoader, find_images
     from ..io.writers import format_for, open_writer
 
-    refs, problems = find_images(args.image_file)
+    loader, problems = classify.start_loader(args.image_file, model=args.model, pretrained=args.pretrained,
+                                             device=args.device, precision=args.precision,
+                                             batch_size=args.batch_size, workers=args.workers)
     for p in problems:
         print(f"taxoclip embed: {p}", file=sys.stderr)
-    if not refs:
+    if loader is None:
         return 2
-    loader = ImageLoader(refs, classify.preview_preprocess(args.model, args.pretrained), batch_size=args.batch_size,
-                         workers=args.workers, draft=classify.uses_draft(args.device, args.precision)).start()
     embedder = classify.ImageEmbedder(args.model, pretrained=args.pretrained, device=args.device,
                                       precision=args.precision, batch_size=args.batch_size, workers=args.workers,
                                       compile=args.compile)

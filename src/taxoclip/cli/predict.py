@@ -59,7 +59,6 @@ def _bins(path: str) -> dict[str, str]:
 def run(args: argparse.Namespace) -> int:
     from .. import classify
     from ..errors import InputError
-    from ..io.images import ImageLoader, find_images
     from ..io.writers import format_for, open_writer
 
     custom = args.cls or args.bins
@@ -68,14 +67,13 @@ def run(args: argparse.Namespace) -> int:
     if custom and (args.rank or args.subset or args.vocabulary or args.taxa):
         raise InputError("--cls/--bins choose custom labels; they cannot be combined with --rank, --subset, "
                          "--vocabulary or --taxa")
-    refs, problems = find_images(args.image_file)
+    loader, problems = classify.start_loader(args.image_file, model=args.model, pretrained=args.pretrained,
+                                             device=args.device, precision=args.precision,
+                                             batch_size=args.batch_size, workers=args.workers)
     for p in problems:
         print(f"taxoclip predict: {p}", file=sys.stderr)
-    if not refs:
+    if loader is None:
         return 2
-    # Start decoding now, so the first batches are ready when the model has loaded.
-    loader = ImageLoader(refs, classify.preview_preprocess(args.model, args.pretrained), batch_size=args.batch_size,
-                         workers=args.workers, draft=classify.uses_draft(args.device, args.precision)).start()
     common = dict(pretrained=args.pretrained, device=args.device, precision=args.precision,
                   batch_size=args.batch_size, workers=args.workers, compile=args.compile)
     if custom:
@@ -98,6 +96,6 @@ def run(args: argparse.Namespace) -> int:
                 failed += 1
                 print(f"taxoclip predict: {pred.file_name}: {pred.error}", file=sys.stderr)
     if failed:
-        print(f"taxoclip predict: {failed} of {len(refs)} images could not be read (see the error column)",
+        print(f"taxoclip predict: {failed} of {len(loader.refs)} images could not be read (see the error column)",
               file=sys.stderr)
     return 1 if failed or problems else 0
