@@ -9,7 +9,7 @@ import torch
 
 from taxoclip.taxonomy import Taxon, render_caption
 from taxoclip.train.config import ConfigError, load_config
-from taxoclip.train.data import (BatchStreams, Position, StreamReader, _accept_bio, bio_caption, find_shards,
+from taxoclip.train.data import (Position, StreamReader, accept_bio, bio_caption, find_shards,
                                  make_loader, read_samples, text_type_for_step)
 from taxoclip.train.model import make_tokenizer
 from taxoclip.train.synthetic import write_shards
@@ -62,7 +62,7 @@ def test_resuming_from_saved_positions_continues_the_same_sequence(shards):
 
 def test_epochs_cover_every_sample_of_the_split_once(shards):
     bio = find_shards([str(shards / "bio")], "train")
-    accept = _accept_bio("train", ["sci"])
+    accept = accept_bio("train", ["sci"])
     keys = []
     readers = [iter(StreamReader(bio, s, 2, seed=0, buffer=8, chunk_shards=2, resample=False, accept=accept))
                for s in range(2)]
@@ -76,7 +76,7 @@ def test_epochs_cover_every_sample_of_the_split_once(shards):
 
 def test_catalog_split_is_respected(shards):
     val = find_shards([str(shards / "bio")], "val")
-    accept = _accept_bio("val", ["sci"])
+    accept = accept_bio("val", ["sci"])
     seen = set()
     it = iter(StreamReader(val, 0, 1, seed=0, buffer=4, chunk_shards=4, resample=False, accept=accept))
     for _ in range(val.samples):
@@ -129,3 +129,48 @@ def test_batch_sizes_must_divide_over_streams(shards):
 
 def test_position_round_trips():
     assert Position.from_list(Position(2, 3, 4).as_list()) == Position(2, 3, 4)
+
+
+def test_undecodable_images_are_skipped(tmp_path, caplog):
+    import io
+    import tarfile
+
+    paths = write_shards(tmp_path / "bad", layout="raw", shards=2, per_shard=8)
+    with tarfile.open(paths[0], "a") as tar:
+        for name, data in (("broken.jpg", b"not a jpeg"), ("broken.json", next(read_samples(paths[0]))["json"])):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    cfg = load_config(None, [f"data.train=[{tmp_path / 'bad'}]", "steps=1", "data.workers=0", "data.batch_size=17",
+                             "data.streams=1"])
+    b = _batches(cfg, n=1)[0]
+    assert b.images.shape[0] == 17 and "broken" in caplog.text
+
+
+def test_epochs_become_steps_from_the_catalog_or_a_count(shards):
+    from taxoclip.train.data import count_samples
+    from taxoclip.train.loop import DistInfo, _total_steps
+
+    bio = find_shards([str(shards / "bio")], "train")
+    assert count_samples(bio) == bio.samples > 0
+    cfg = load_config(None, [f"data.train=[{shards / 'bio'}]", "steps=0", "epochs=2", "data.batch_size=8"])
+    assert _total_steps(cfg, DistInfo(world=2), bio) == (-(-2 * bio.samples // 16), bio.samples)
+    raw = find_shards([str(shards / "raw")], "train")
+    assert raw.samples == 0 and _total_steps(cfg, DistInfo(), raw)[1] == count_samples(raw) == 32
+
+
+def test_resampled_streams_are_endless_and_reproducible(shards):
+    cfg = _cfg(shards, "data.resample=true", "data.streams=2", "data.chunk_shards=1")
+    a, b = _batches(cfg, n=30), _batches(cfg, n=30)  # 240 samples from 72 training samples
+    assert all(torch.equal(x.images, y.images) for x, y in zip(a, b))
+    resumed = _batches(cfg, n=5, start_micro=25, positions=a[24].positions)
+    assert all(torch.equal(x.images, y.images) for x, y in zip(a[25:], resumed))
+
+
+def test_builder_output_with_split_folders_and_catalog_above(tmp_path):
+    """The dataset builder writes <out>/<split>/shard-NNNNN.tar and <out>/catalog.parquet."""
+    write_shards(tmp_path / "built", layout="builder", shards=4, per_shard=10, val_fraction=0.25, split_folders=True)
+    train = find_shards([str(tmp_path / "built")], "train")
+    assert [u.split("/")[-2] for u in train.urls] == ["train"] * 3 and train.samples == 30 and not train.keep_keys
+    val = find_shards([str(tmp_path / "built" / "val")], "val")  # catalog found in the folder above
+    assert len(val.urls) == 1 and val.samples == 10

@@ -125,3 +125,18 @@ def test_pretrained_parts_efficientnet_and_minilm():
     hf = AutoModel.from_pretrained(str(hf_dir))
     assert torch.equal(built.net.text.transformer.embeddings.word_embeddings.weight,
                        hf.embeddings.word_embeddings.weight)
+
+
+def test_attention_key_biases_get_no_gradient_noise():
+    """Their true gradient is zero (softmax ignores a shift shared by all keys); queries and values learn."""
+    built = build_model(ModelConfig(name="taxoclip-tiny-vit"))
+    net = built.net
+    images = torch.randn(4, 3, net.visual.image_size[0], net.visual.image_size[0])
+    texts = built.tokenizer(["a", "b", "c", "d"])
+    img, txt = net.encode_image(images), net.encode_text(texts)
+    (img @ txt.T).logsumexp(1).sum().backward()
+    attn = next(m for m in net.modules() if isinstance(m, torch.nn.MultiheadAttention))
+    d = attn.embed_dim
+    g = attn.in_proj_bias.grad
+    assert torch.count_nonzero(g[d:2 * d]) == 0
+    assert g[:d].abs().sum() > 0 and g[2 * d:].abs().sum() > 0

@@ -149,9 +149,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         return _build(hint, value, where)
     if origin in (list, tuple):
         if isinstance(value, str):
-            value = _parse_scalar(value)
-            if isinstance(value, str):
-                value = [v for v in value.split(",") if v] if origin is list else value.split(",")
+            raw = value.strip()
+            value = _parse_scalar(raw)
+            if not isinstance(value, (list, tuple)):  # `a,b`, or `[x-{0..9}.tar]` that YAML cannot read
+                text = raw[1:-1] if raw.startswith("[") and raw.endswith("]") else raw
+                value = [v.strip() for v in text.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             value = [value]
         if origin is tuple:

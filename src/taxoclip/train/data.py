@@ -40,7 +40,7 @@ from ..taxonomy import TEXT_TYPES, Taxon, render_caption
 
 __all__ = [
     "ShardSet", "find_shards", "Position", "StreamReader", "BatchStreams", "Loader", "text_type_for_step",
-    "read_samples", "count_samples", "IMAGE_EXTS",
+    "read_samples", "count_samples", "IMAGE_EXTS", "image_member", "in_split", "accept_bio", "make_loader",
 ]
 
 log = logging.getLogger(__name__)
@@ -76,9 +76,13 @@ class ShardSet:
 
 
 def find_shards(specs: Sequence[str], split: str = "") -> ShardSet:
-    """Expand paths, globs, brace patterns and directories into a `ShardSet` for `split`."""
+    """Expand paths, globs, brace patterns and directories into a `ShardSet` for `split`.
+
+    A `catalog.parquet` in a shard's folder or the folder above (the dataset builder writes
+    `<out>/catalog.parquet` and `<out>/<split>/shard-NNNNN.tar`) decides which samples belong
+    to the split.
+    """
     urls: list[str] = []
-    catalogs: list[Path] = []
     for spec in specs:
         spec = str(spec)
         if "::" in spec or "{" in spec:
@@ -100,8 +104,6 @@ def find_shards(specs: Sequence[str], split: str = "") -> ShardSet:
             if not tars:
                 raise InputError(f"no .tar shards under {path}" + (f" for split {split!r}" if split else ""))
             urls.extend(tars)
-            if (path / "catalog.parquet").is_file():
-                catalogs.append(path / "catalog.parquet")
             continue
         matches = sorted(glob.glob(str(path))) if any(c in spec for c in "*?[") else [str(path)]
         if not matches:
@@ -110,12 +112,15 @@ def find_shards(specs: Sequence[str], split: str = "") -> ShardSet:
             if not os.path.isfile(m):
                 raise InputError(f"shard {m} does not exist")
         urls.extend(matches)
-        for m in {Path(m).parent for m in matches}:
-            if (m / "catalog.parquet").is_file() and m / "catalog.parquet" not in catalogs:
-                catalogs.append(m / "catalog.parquet")
     if not urls:
         raise InputError("no shards given")
     shards = ShardSet(urls=urls, split=split)
+    catalogs: list[Path] = []
+    for folder in sorted({Path(u).parent for u in urls if "://" not in u and not u.startswith("pipe:")}):
+        for d in (folder, folder.parent):
+            if (d / "catalog.parquet").is_file() and d / "catalog.parquet" not in catalogs:
+                catalogs.append(d / "catalog.parquet")
+                break
     for cat in catalogs:
         _apply_catalog(shards, cat)
     return shards
@@ -136,7 +141,12 @@ _KEY_COLUMNS = ("uuid", "key", "__key__", "id")
 
 
 def _apply_catalog(shards: ShardSet, catalog: Path) -> None:
-    """Restrict shards to the split using catalog.parquet (`split` + key [+ `shard`] columns)."""
+    """Restrict shards to the split using catalog.parquet (`split` + key [+ `shard`] columns).
+
+    The `shard` column names shards relative to the catalog's folder (`train/shard-00000.tar`)
+    or by file name. Shards holding none of the split are dropped unopened; shards holding
+    some get the set of keys to keep; the sample count of the split is recorded.
+    """
     import pyarrow.parquet as pq
 
     if not shards.split:
@@ -150,26 +160,29 @@ def _apply_catalog(shards: ShardSet, catalog: Path) -> None:
     table = pq.read_table(catalog, columns=cols).to_pandas()
     wanted = table["split"].astype(str).map(_canon_split) == _canon_split(shards.split)
     shards.samples += int(wanted.sum())
-    base = catalog.parent
-    here = [u for u in shards.urls if Path(u).parent == base]
+    base = catalog.parent.resolve()
+    here = {}
+    for u in shards.urls:
+        try:
+            here[u] = Path(u).resolve().relative_to(base).as_posix()
+        except ValueError:
+            continue  # not under this catalog's folder
     if "shard" in table.columns:
-        names = table["shard"].astype(str).map(lambda s: Path(s).name)
+        names = table["shard"].astype(str).map(lambda s: Path(s).as_posix())
         by_shard = wanted.groupby(names)
-        keep_urls = []
-        for u in here:
-            name = Path(u).name
+        bare = all("/" not in n for n in by_shard.groups)
+        drop = set()
+        for u, rel in here.items():
+            name = Path(rel).name if bare else rel
             if name not in by_shard.groups:
-                keep_urls.append(u)  # not in the catalog: keep, and let the JSON decide
-                continue
+                continue  # not in the catalog: keep, and let each sample's JSON decide
             flags = wanted[by_shard.groups[name]]
-            if flags.all():
-                keep_urls.append(u)
-            elif flags.any():
+            if not flags.any():
+                drop.add(u)
+            elif not flags.all():
                 if key_col is None:
                     raise InputError(f"{catalog}: shard {name} mixes splits but the catalog has no key column")
-                keep_urls.append(u)
                 shards.keep_keys[u] = frozenset(table.loc[flags.index[flags], key_col].astype(str))
-        drop = set(here) - set(keep_urls)
         shards.urls = [u for u in shards.urls if u not in drop]
     elif key_col is not None:
         keys = frozenset(table.loc[wanted, key_col].astype(str))
@@ -188,8 +201,11 @@ def _open(url: str):
     return open(url, "rb", buffering=1 << 20)
 
 
-def read_samples(url: str) -> Iterator[dict]:
-    """Yield one dict per sample of a tar: `__key__`, `__url__` and one bytes value per member suffix."""
+def read_samples(url: str, keep: Callable[[str], bool] | None = None) -> Iterator[dict]:
+    """Yield one dict per sample of a tar: `__key__`, `__url__` and one bytes value per member suffix.
+
+    `keep(suffix)` selects the members read; the others are skipped without being read.
+    """
     try:
         with _open(url) as fh, tarfile.open(fileobj=fh, mode="r|*") as tar:
             current: dict | None = None
@@ -203,33 +219,34 @@ def read_samples(url: str) -> Iterator[dict]:
                 dot = base.index(".")
                 key = os.path.join(os.path.dirname(name), base[:dot])
                 suffix = base[dot + 1:].lower()
-                data = tar.extractfile(member).read()
                 if current is None or current["__key__"] != key or suffix in current:
                     if current is not None:
                         yield current
                     current = {"__key__": key, "__url__": url}
-                current[suffix] = data
+                if keep is None or keep(suffix):
+                    current[suffix] = tar.extractfile(member).read()
             if current is not None:
                 yield current
     except (OSError, tarfile.TarError) as e:
         raise InputError(f"cannot read shard {url}: {e}") from None
 
 
-def count_samples(urls: Sequence[str], split: str = "") -> int:
-    """Samples with an image in `urls` (and of `split` when their JSON says so)."""
+def count_samples(shards: ShardSet) -> int:
+    """Samples with an image in the shards (of the split, by catalog keys or their JSON)."""
     n = 0
-    for url in urls:
-        for s in read_samples(url):
-            if _image_key(s) and _in_split(s, split):
+    for url in shards.urls:
+        keys = shards.keys_for(url)
+        for s in read_samples(url, lambda m: m in IMAGE_EXTS or m == "json"):
+            if image_member(s) and in_split(s, shards.split) and (keys is None or os.path.basename(s["__key__"]) in keys):
                 n += 1
     return n
 
 
-def _image_key(sample: dict) -> str | None:
+def image_member(sample: dict) -> str | None:
     return next((k for k in IMAGE_EXTS if k in sample), None)
 
 
-def _in_split(sample: dict, split: str) -> bool:
+def in_split(sample: dict, split: str) -> bool:
     if not split or "json" not in sample:
         return True
     try:
@@ -262,12 +279,13 @@ class StreamReader:
 
     def __init__(self, shards: ShardSet, index: int, n_streams: int, *, seed: int, buffer: int,
                  chunk_shards: int, resample: bool, accept: Callable[[dict], bool],
-                 start: Position | None = None):
+                 start: Position | None = None, members: Callable[[str], bool] | None = None):
         self.shards, self.index, self.n_streams = shards, index, n_streams
         self.seed, self.buffer, self.chunk_shards, self.resample = seed, max(1, buffer), max(1, chunk_shards), resample
-        self.accept = accept
+        self.accept, self.members = accept, members
         self.position = Position(**vars(start)) if start else Position()
         self.sample_split = len(shards.urls) < n_streams and not resample
+        self._perm: tuple[int, np.ndarray] | None = None
 
     # Which shards a chunk reads, and whether this stream keeps every sample of them.
     def _chunk_urls(self, epoch: int, chunk: int) -> list[str] | None:
@@ -275,7 +293,9 @@ class StreamReader:
         if self.resample:
             rng = random.Random(_rng_state(self.seed, self.index, chunk, 0x5A4D))
             return [urls[rng.randrange(len(urls))] for _ in range(self.chunk_shards)]
-        perm = np.random.default_rng([self.seed, epoch, 0x5E]).permutation(len(urls))
+        if self._perm is None or self._perm[0] != epoch:  # the same for every stream of the epoch
+            self._perm = (epoch, np.random.default_rng([self.seed, epoch, 0x5E]).permutation(len(urls)))
+        perm = self._perm[1]
         mine = perm if self.sample_split else perm[self.index::self.n_streams]
         part = mine[chunk * self.chunk_shards:(chunk + 1) * self.chunk_shards]
         return [urls[i] for i in part] if len(part) else None
@@ -294,7 +314,7 @@ class StreamReader:
 
     def _filtered(self, url: str) -> Iterator[dict]:
         keys = self.shards.keys_for(url)
-        for s in read_samples(url):
+        for s in read_samples(url, self.members):
             if keys is not None and os.path.basename(s["__key__"]) not in keys:
                 continue
             if self.accept(s):
@@ -390,7 +410,7 @@ def bio_caption(sample: dict, text_type: str) -> str:
         return sample[member].decode("utf-8").strip()
     if text_type in sample:  # a plain caption key such as `txt`
         return sample[text_type].decode("utf-8").strip()
-    if text_type not in TEXT_TYPES and text_type not in ("scientific_name", "taxonomic_name", "common_name"):
+    if text_type not in _RENDERED:
         raise InputError(f"sample {sample['__key__']} in {sample['__url__']} has no {text_type!r} caption")
     return render_caption(sample_taxon(sample), text_type)
 
@@ -415,15 +435,19 @@ class StreamSpec:
     captions: Callable[[dict, str], str]
     accept: Callable[[dict], bool]
     start: dict[int, list[int]] = field(default_factory=dict)  # stream -> Position list
+    members: Callable[[str], bool] | None = None  # the tar members worth reading (and buffering)
 
 
-def _accept_bio(split: str, types: Sequence[str]) -> Callable[[dict], bool]:
-    needs_json = any(f"{t}" in TEXT_TYPES for t in types)
+_RENDERED = frozenset(TEXT_TYPES) | {"scientific_name", "taxonomic_name", "common_name"}
+
+
+def accept_bio(split: str, types: Sequence[str]) -> Callable[[dict], bool]:
+    needs_json = any(t in _RENDERED for t in types)
 
     def accept(s: dict) -> bool:
-        if _image_key(s) is None:
+        if image_member(s) is None:
             return False
-        if split and not _in_split(s, split):
+        if split and not in_split(s, split):
             return False
         has_caps = all(f"{t}.txt" in s or t in s for t in types)
         return has_caps or (needs_json and "json" in s)
@@ -432,7 +456,7 @@ def _accept_bio(split: str, types: Sequence[str]) -> Callable[[dict], bool]:
 
 
 def _accept_caption(key: str) -> Callable[[dict], bool]:
-    return lambda s: _image_key(s) is not None and key in s
+    return lambda s: image_member(s) is not None and key in s
 
 
 def _replay_caption(key: str) -> Callable[[dict, str], str]:
@@ -474,7 +498,8 @@ class BatchStreams(torch.utils.data.IterableDataset):
             for s in self.streams_of(worker, workers):
                 r = StreamReader(spec.shards, s, self.n_streams, seed=self.seed + (0 if name == "bio" else 7919),
                                  buffer=self.buffer, chunk_shards=self.chunk_shards, resample=self.resample,
-                                 accept=spec.accept, start=Position.from_list(spec.start.get(s)))
+                                 accept=spec.accept, start=Position.from_list(spec.start.get(s)),
+                                 members=spec.members)
                 readers[name].append((s, iter(r), r))
         micro = self.start_micro
         while True:
@@ -486,10 +511,17 @@ class BatchStreams(torch.utils.data.IterableDataset):
                     continue
                 images, texts, pos = [], [], {}
                 for s, it, reader in readers[name]:
-                    for _ in range(spec.per_stream):
+                    got = 0
+                    while got < spec.per_stream:
                         sample, sid = next(it)
-                        images.append(self._image(sample, sid))
-                        texts.append(spec.captions(sample, text_type))
+                        try:  # a bad sample is skipped (deterministically: it is bad every time)
+                            texts.append(spec.captions(sample, text_type))
+                            images.append(self._image(sample, sid))
+                        except InputError as e:
+                            del texts[len(images):]
+                            log.warning("skipping a sample: %s", e)
+                            continue
+                        got += 1
                     pos[s] = reader.position.as_list()
                 item[name] = (torch.stack(images), self.tokenizer(texts))
                 item["positions"][name] = pos
@@ -497,7 +529,7 @@ class BatchStreams(torch.utils.data.IterableDataset):
             micro += 1
 
     def _image(self, sample: dict, sid: tuple[int, ...]) -> torch.Tensor:
-        data = sample[_image_key(sample)]
+        data = sample[image_member(sample)]
         try:
             img = decode_image(data, self.image_size)
         except Exception as e:  # PIL raises many types for bad files
@@ -528,6 +560,10 @@ class Loader:
         self._it = None
 
     def __iter__(self) -> Iterator[Batch]:
+        if self.workers:
+            import gc
+
+            gc.freeze()  # objects made so far stay untouched by the workers' GC: fewer copied pages
         it = iter(self._loader)
         n = max(1, self.workers)
         while True:
@@ -563,13 +599,17 @@ def make_loader(cfg, *, rank: int, world: int, tokenizer, image_size: int, start
                               f"data.streams={n_streams} over {world} processes)")
     start_positions = start_positions or {}
     bio_shards = shards or find_shards(d.train, d.split)
+    bio_members = frozenset(IMAGE_EXTS) | {"json"} | {f"{t}.txt" for t in d.text_types} | set(d.text_types)
     specs = {"bio": StreamSpec(bio_shards, d.batch_size // per_rank, bio_caption,
-                               _accept_bio(d.split, d.text_types),
-                               {int(k): v for k, v in start_positions.get("bio", {}).items()})}
+                               accept_bio(d.split, d.text_types),
+                               {int(k): v for k, v in start_positions.get("bio", {}).items()},
+                               bio_members.__contains__)}
     if d.replay_batch_size:
+        replay_members = frozenset(IMAGE_EXTS) | {d.replay_caption_key}
         specs["replay"] = StreamSpec(find_shards(d.replay), d.replay_batch_size // per_rank,
                                      _replay_caption(d.replay_caption_key), _accept_caption(d.replay_caption_key),
-                                     {int(k): v for k, v in start_positions.get("replay", {}).items()})
+                                     {int(k): v for k, v in start_positions.get("replay", {}).items()},
+                                     replay_members.__contains__)
     ds = BatchStreams(specs, n_streams=n_streams, rank=rank, world=world, seed=cfg.seed, text_types=d.text_types,
                       accum=cfg.optim.accum, image_size=image_size, crop_scale=d.crop_scale, tokenizer=tokenizer,
                       start_micro=start_micro, buffer=d.shuffle_buffer, chunk_shards=d.chunk_shards,

@@ -9,6 +9,7 @@ disjoint shares of the split; counts are summed across processes.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -19,7 +20,7 @@ from ..errors import InputError
 from ..models.preprocess import ImagePreprocess
 from ..taxonomy import RANKS, Rank, Taxon, apply_templates, render_caption
 from .config import EvalConfig
-from .data import _image_key, _in_split, decode_image, find_shards, read_samples, sample_taxon
+from .data import image_member, in_split, decode_image, find_shards, read_samples, sample_taxon
 
 __all__ = ["Evaluator", "class_texts", "load_taxa"]
 
@@ -42,9 +43,11 @@ def load_taxa(spec: str, train_shards: Sequence[str], train_split: str, seen: li
     """The candidate classes: a taxa table, the training data's taxa ("train"), or those seen."""
     taxa: dict[Taxon, None] = {}
     if spec == "train":
-        for url in find_shards(train_shards, train_split).urls:
-            for s in read_samples(url):
-                if "json" in s and _in_split(s, train_split):
+        shards = find_shards(train_shards, train_split)
+        for url in shards.urls:
+            keys = shards.keys_for(url)
+            for s in read_samples(url, lambda m: m == "json"):
+                if "json" in s and in_split(s, train_split) and (keys is None or os.path.basename(s["__key__"]) in keys):
                     taxa[sample_taxon(s)] = None
     elif spec:
         import pandas as pd
@@ -71,16 +74,20 @@ class Evaluator:
         self.cfg, self.tokenizer, self.rank, self.world = cfg, tokenizer, rank, world
         images, labels, seen = [], [], {}
         n = 0
-        for url in find_shards(cfg.data, cfg.split).urls:
+        shards = find_shards(cfg.data, cfg.split)
+        for url in shards.urls:
+            keys = shards.keys_for(url)
             for s in read_samples(url):
-                if not _image_key(s) or "json" not in s or not _in_split(s, cfg.split):
+                if not image_member(s) or "json" not in s or not in_split(s, cfg.split):
+                    continue
+                if keys is not None and os.path.basename(s["__key__"]) not in keys:
                     continue
                 if cfg.max_samples and n >= cfg.max_samples:
                     break
                 taxon = sample_taxon(s)
                 seen.setdefault(taxon, None)
                 if n % world == rank:
-                    images.append(preprocess(decode_image(s[_image_key(s)], preprocess.size)))
+                    images.append(preprocess(decode_image(s[image_member(s)], preprocess.size)))
                     labels.append(taxon)
                 n += 1
         if n == 0:

@@ -391,7 +391,7 @@ def _total_steps(cfg: TrainConfig, info: DistInfo, shards) -> tuple[int, int]:
     if cfg.steps > 0:
         return cfg.steps, n
     if not n:
-        n = count_samples(shards.urls, cfg.data.split)
+        n = count_samples(shards)
     return max(1, math.ceil(cfg.epochs * n / per_step)), n
 
 
@@ -401,6 +401,49 @@ def _gather(obj, info: DistInfo) -> list:
     out = [None] * info.world
     dist.all_gather_object(out, obj)
     return out
+
+
+def _find_resume(resume: str | None, out: Path, info: DistInfo) -> dict | None:
+    """The checkpoint to continue from: None for a fresh run (or `auto` with nothing saved yet)."""
+    if not resume:
+        return None
+    try:
+        path = find_checkpoint(resume, out)
+    except CheckpointError:
+        if resume != "auto":
+            raise
+        return None
+    if info.main:
+        log.info("resuming from %s", path)
+    return load_checkpoint(path)
+
+
+class _Window:
+    """Throughput over the steps since the last log line (evaluations and saves left out)."""
+
+    def __init__(self):
+        self.t0 = self.start = time.perf_counter()
+        self.steps = 0
+
+    def restart(self) -> None:
+        self.start, self.steps = time.perf_counter(), 0
+
+
+def _log_row(trainer: Trainer, cfg: TrainConfig, info: DistInfo, done: int, last: dict, text_type: str,
+             window: _Window, epoch_samples: int) -> dict:
+    """One log.csv row; the losses are averaged over processes (each holds its local-loss share)."""
+    vals = torch.stack([last["loss"].float(), last["loss_bio"].float(), last["loss_replay"].float()])
+    if info.world > 1:
+        dist.all_reduce(vals)
+        vals /= info.world
+    per_step = (cfg.data.batch_size + cfg.data.replay_batch_size) * info.world * cfg.optim.accum
+    bio = cfg.data.batch_size * info.world * cfg.optim.accum
+    now = time.perf_counter()
+    return {"step": done, "epoch": done * bio / epoch_samples if epoch_samples else "",
+            "samples": done * per_step, "lr": trainer.optimizer.param_groups[0]["lr"],
+            "loss": vals[0].item(), "loss_bio": vals[1].item(), "loss_replay": vals[2].item(),
+            "text_type": text_type, "logit_scale": last["logit_scale"].exp().item(),
+            "samples_per_s": window.steps * per_step / max(now - window.start, 1e-9), "elapsed_s": now - window.t0}
 
 
 def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
@@ -413,50 +456,33 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
     if cfg.data.replay_batch_size:
         find_shards(cfg.data.replay)
     total, epoch_samples = _total_steps(cfg, info, shards)
-    ck = None
-    if resume:
-        try:
-            path = find_checkpoint(resume, out)
-        except CheckpointError:
-            if resume != "auto":
-                raise
-            path = None
-        if path is not None:
-            ck = load_checkpoint(path)
-            if info.main:
-                log.info("resuming from %s (step %d)", path, ck["step"])
+    ck = _find_resume(resume, out, info)
     trainer = Trainer(cfg, info)
     random.seed(cfg.seed + info.rank)
     torch.manual_seed(cfg.seed + info.rank)
-    positions = None
     if ck is not None:
         trainer.load_state(ck)
-        positions = ck.get("data")
         states = ck.get("rng") or []
-        if len(states) == info.world:
+        if len(states) == info.world:  # another world size: fresh per-process seeds (data order is unaffected)
             set_rng_state(states[info.rank])
     start = trainer.step
     if info.main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(dumps(cfg))
-    image_size = int(trainer.built.preprocess_cfg["size"])
     loader = make_loader(cfg, rank=info.rank, world=info.world, tokenizer=trainer.built.tokenizer,
-                         image_size=image_size, start_micro=start * cfg.optim.accum, start_positions=positions,
-                         pin_memory=info.device.type == "cuda", shards=shards)
+                         image_size=int(trainer.built.preprocess_cfg["size"]), start_micro=start * cfg.optim.accum,
+                         start_positions=ck.get("data") if ck else None, pin_memory=info.device.type == "cuda",
+                         shards=shards)
     metrics = MetricsLog(out, info.main, cfg.tensorboard, start)
     evaluator = _evaluator(cfg, trainer, info)
     preprocess_cfg = _export_preprocess(trainer)
-    per_step = (cfg.data.batch_size + cfg.data.replay_batch_size) * info.world * cfg.optim.accum
-    bio_per_step = cfg.data.batch_size * info.world * cfg.optim.accum
-    it = iter(loader)
-    t0 = time.perf_counter()
-    window_t, window_steps = t0, 0
-    last = {}
-    last_loss = float("nan")
-    positions_now: dict = {}  # this process's streams only; merged across processes when saving
+    positions: dict = {}  # this process's streams only; merged across processes when saving
     eval_metrics: dict = {}
+    last_loss = float("nan")
+    kill_at = int(os.environ.get("TAXOCLIP_TEST_SIGKILL_AT_STEP", "0"))  # tests: die like a preempted job
+    it = iter(loader)
+    window = _Window()
     try:
-        kill_at = int(os.environ.get("TAXOCLIP_TEST_SIGKILL_AT_STEP", "0"))  # tests: die like a preempted job
         for step in range(start, total):
             if kill_at and step == kill_at:
                 import signal
@@ -467,50 +493,43 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
                 raise RuntimeError(f"data out of step: micro-batch {batches[0].micro} at step {step}")
             last = trainer.train_step(batches, lr_at(step, total, cfg.optim))
             for name, d in batches[-1].positions.items():
-                positions_now.setdefault(name, {}).update(d)
-            window_steps += 1
+                positions.setdefault(name, {}).update(d)
+            window.steps += 1
             done = step + 1
             if done % cfg.log_every == 0 or done == total or done == start + 1:
-                vals = torch.stack([last["loss"].float(), last["loss_bio"].float(), last["loss_replay"].float()])
-                if info.world > 1:
-                    dist.all_reduce(vals)
-                    vals /= info.world
-                now = time.perf_counter()
-                row = {"step": done, "epoch": done * bio_per_step / epoch_samples if epoch_samples else "",
-                       "samples": done * per_step, "lr": trainer.optimizer.param_groups[0]["lr"],
-                       "loss": vals[0].item(), "loss_bio": vals[1].item(), "loss_replay": vals[2].item(),
-                       "text_type": batches[0].text_type, "logit_scale": last["logit_scale"].exp().item(),
-                       "samples_per_s": window_steps * per_step / max(now - window_t, 1e-9), "elapsed_s": now - t0}
+                row = _log_row(trainer, cfg, info, done, last, batches[0].text_type, window, epoch_samples)
                 last_loss = row["loss"]
                 metrics.train(row)
                 if info.main:
                     log.info("step %d/%d loss %.4f (%s) lr %.3g %.1f samples/s", done, total, row["loss"],
                              row["text_type"], row["lr"], row["samples_per_s"])
-                window_t, window_steps = time.perf_counter(), 0
+                window.restart()
             if evaluator and cfg.eval.every and done % cfg.eval.every == 0 and done != total:
                 eval_metrics = _evaluate(evaluator, trainer)
                 metrics.evaluation(done, eval_metrics)
-                window_t = time.perf_counter()
+                window.restart()
             if done % cfg.save_every == 0 or done == total:
-                _save(trainer, cfg, info, out, positions_now, preprocess_cfg)
-                window_t = time.perf_counter()
+                _save(trainer, cfg, info, out, positions, preprocess_cfg)
+                window.restart()
         if evaluator:
             eval_metrics = _evaluate(evaluator, trainer)
             metrics.evaluation(total, eval_metrics)
-        export = None
-        if cfg.export:
-            state = trainer.model_state()
-            if info.main:
-                from .export import export_model
-
-                export = export_model(state, trainer.built.model_cfg, preprocess_cfg, out / "export",
-                                      trainer.built.tokenizer_dir)
+        export = _export(trainer, info, out, preprocess_cfg) if cfg.export else None
     finally:
         metrics.close()
         del it
     if info.world > 1:
         dist.barrier()
     return TrainResult(out, total, last_loss, eval_metrics, export)
+
+
+def _export(trainer: Trainer, info: DistInfo, out: Path, preprocess_cfg: dict) -> Path | None:
+    state = trainer.model_state()  # collective under FSDP
+    if not info.main:
+        return None
+    from .export import export_model
+
+    return export_model(state, trainer.built.model_cfg, preprocess_cfg, out / "export", trainer.built.tokenizer_dir)
 
 
 def _evaluate(evaluator, trainer: Trainer) -> dict:

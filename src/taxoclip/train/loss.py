@@ -8,8 +8,14 @@ Logits are computed in fp32 whatever the model's precision.
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 from open_clip.loss import ClipLoss
+
+# open_clip gathers with torch.distributed.nn.all_gather (autograd-aware), which torch marks as
+# deprecated in favour of functional collectives; it is what gives gathered features gradients.
+warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_gather is deprecated")
 
 __all__ = ["ContrastiveLoss"]
 

@@ -155,9 +155,31 @@ def build_model(cfg: ModelConfig, *, replay: bool = False, seed: int = 0) -> Bui
         load_tower_weights(_text_target(net), text_file, prefix="text." if hasattr(net, "text") else "")
     if replay:
         add_continual_proj(net, continual)
+    silence_key_bias_grads(net)
     size = vision.get("image_size", 224)
     pre = {"size": size if isinstance(size, int) else size[0], **{k: v for k, v in pre.items() if k != "size"}}
     return BuiltModel(net, model_cfg, pre, make_tokenizer(model_cfg), tokenizer_dir)
+
+
+def silence_key_bias_grads(net: nn.Module) -> int:
+    """Zero the gradient of attention key biases, whose true gradient is exactly zero.
+
+    A bias added to every key shifts all of a query's scores by the same amount, which the
+    softmax ignores. Autograd still returns rounding noise for it, and Adam normalises noise
+    into full-size steps: the biases drift randomly and differently on 1 and 2 processes.
+    Zeroing that noise changes no output and keeps distributed training exact.
+    Returns the number of attention layers touched.
+    """
+    n = 0
+    for m in net.modules():
+        bias = getattr(m, "in_proj_bias", None)  # nn.MultiheadAttention, open_clip's Attention
+        if bias is None and isinstance(getattr(m, "qkv", None), nn.Linear):  # timm's Attention
+            bias = m.qkv.bias
+        if isinstance(bias, torch.Tensor) and bias.requires_grad and bias.numel() % 3 == 0:
+            d = bias.numel() // 3
+            bias.register_hook(lambda g, d=d: torch.cat([g[:d], torch.zeros_like(g[d:2 * d]), g[2 * d:]]))
+            n += 1
+    return n
 
 
 def make_tokenizer(model_cfg: dict):

@@ -56,22 +56,32 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 def write_shards(out: str | Path, *, layout: str = "builder", shards: int = 4, per_shard: int = 32,
                  classes: int = 8, size: int = 32, seed: int = 0, split: str = "train",
-                 val_fraction: float = 0.0) -> list[str]:
-    """Write shards into `out`; returns their paths. `val_fraction` marks some samples `val` (builder)."""
+                 val_fraction: float = 0.0, split_folders: bool = False) -> list[str]:
+    """Write shards into `out`; returns their paths.
+
+    `val_fraction` marks samples `val` (builder layout): at random within shards, or, with
+    `split_folders`, whole shards written as the dataset builder does (`<out>/<split>/shard-NNNNN.tar`,
+    the catalog's `shard` column relative to `out`).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     taxa = synthetic_taxa(classes)
     paths, rows = [], []
+    n_val = round(shards * val_fraction) if split_folders else 0
     for s in range(shards):
+        shard_split = ("val" if s < n_val else split) if split_folders else None
         name = f"shard-{s:05d}.tar" if layout != "raw" else f"{split}-{s:03d}.tar"
+        if shard_split:
+            name = f"{shard_split}/shard-{s - (0 if s < n_val else n_val):05d}.tar"
         path = out / name
+        path.parent.mkdir(parents=True, exist_ok=True)
         with tarfile.open(path, "w") as tar:
             for i in range(per_shard):
                 cls = int(rng.integers(classes))
                 taxon = taxa[cls]
                 key = str(uuidlib.UUID(bytes=rng.bytes(16), version=4)) if layout == "builder" else f"syn-{s:03d}{i:05d}"
-                sample_split = "val" if layout == "builder" and rng.random() < val_fraction else split
+                sample_split = shard_split or ("val" if layout == "builder" and rng.random() < val_fraction else split)
                 _add(tar, f"{key}.jpg", _image(cls, rng, size))
                 meta = {"key": key, "split": sample_split, **taxon.as_dict(), "class_index": cls}
                 if layout == "caption":
