@@ -2,6 +2,7 @@
 
     python bench/bench_fetch.py                        # 2,000 URLs: images/s side by side
     python bench/bench_fetch.py --memory               # also 20,000 URLs: peak RSS must stay flat
+    python bench/bench_fetch.py --resize shorter-side  # aspect kept: taxoclip shorter-side vs i2d keep_ratio
     python bench/bench_fetch.py --latency 0.05         # each answer 50 ms late, like a far server
 
 A server process on 127.0.0.1 serves distinct JPEGs (bio-mini photos re-encoded at
@@ -12,14 +13,27 @@ the RSS of its process tree every 20 ms:
 - taxoclip-fetch:  `fetch_all` only (download + journal), the network layer alone;
 - taxoclip-resize: `fetch_all` + decode, squash to --image-size, JPEG, webdataset tar: the
                    same work img2dataset does, with a 2-thread pool for the image work;
-- taxoclip-build:  `taxoclip data build` on a Darwin Core archive of the same URLs (when the
-                   builder's CLI is installed): fetch + everything the builder adds;
-- img2dataset:     `img2dataset` with the same size, jpg, webdataset output, 2 processes.
+- taxoclip-build:  `taxoclip data build` with its default options on a Darwin Core archive of
+                   the same URLs (when the builder's CLI is installed): fetch + everything the
+                   builder adds (MD5 and PDQ, exact and near-duplicate removal, ten captions and
+                   a JSON per sample, catalog, resumable checkpoints);
+- taxoclip-build-nodedup: the same with `--dedup-threshold 0` (no near-duplicate search, which
+                   img2dataset does not have; exact duplicates are still removed);
+- img2dataset:     `img2dataset` doing the same image work: same output size, same rejection of
+                   images whose shorter side is below --min-side, area downscaling (both tools'
+                   default), JPEG quality 95, webdataset output, 2 processes x 16 threads.
+
+Resize modes: img2dataset has no squash (aspect not kept); `--resize squash` (taxoclip's default)
+compares it with img2dataset's center_crop (shorter side to the size, then the centre cut out:
+the same output size and about the same resampling work); `--resize shorter-side` compares the
+two identical modes (taxoclip shorter-side, img2dataset keep_ratio). Both tools count images
+fully processed: taxoclip's written + removed as duplicates, img2dataset's written.
 
 img2dataset is looked for in --img2dataset, $IMG2DATASET, then PATH; install it in its own
 virtualenv (`python -m venv /work/venv-img2dataset && /work/venv-img2dataset/bin/pip install
 img2dataset`): it pins an old webdataset that would break taxoclip's environment. Timings on a
-shared 2-core machine are noisy; use --repeat to take the best of several runs.
+shared 2-core machine are noisy; use --repeat to take the best of several runs (the tools take
+turns, so a change in the machine's load hits them alike).
 """
 from __future__ import annotations
 
@@ -146,7 +160,7 @@ def worker_fetch(urls: list[str], out: Path, concurrency: int, resize: int | Non
             return rec, None
         im = Image.open(io.BytesIO(data))
         im.draft("RGB", (resize, resize))  # JPEG: decode at a reduced scale when it is big enough
-        im = im.convert("RGB").resize((resize, resize), Image.BICUBIC)
+        im = im.convert("RGB").resize((resize, resize), Image.BOX)  # area downscaling, as both tools
         buf = io.BytesIO()
         im.save(buf, "JPEG", quality=95)
         return rec, buf.getvalue()
@@ -273,10 +287,13 @@ def run_tool(tool: str, urls: list[str], work: Path, args: argparse.Namespace, i
         res = measure([sys.executable, str(HERE), "_worker", str(url_file), str(out), str(args.concurrency), resize],
                       env=env)
         images = json.loads(res["stdout"].strip().splitlines()[-1])["ok"] if res["rc"] == 0 else 0
-    elif tool == "taxoclip-build":
+    elif tool in ("taxoclip-build", "taxoclip-build-nodedup"):
         archive = write_dwca(urls, out / "archive")
         cmd = [sys.executable, "-m", "taxoclip", "data", "build", str(archive), "--out", str(out / "shards"),
+               "--size", str(args.image_size), "--min-side", str(args.min_side), "--resize", args.resize,
                *args.build_args.split()]
+        if tool == "taxoclip-build-nodedup":
+            cmd += ["--dedup-threshold", "0"]
         res = measure(cmd, env=env)
         images = 0
         if res["rc"] == 0:  # images handled: written, or removed as near duplicates after all the work
@@ -285,10 +302,11 @@ def run_tool(tool: str, urls: list[str], work: Path, args: argparse.Namespace, i
     elif tool == "img2dataset":
         if i2d is None:
             return None
+        mode = {"squash": "center_crop", "shorter-side": "keep_ratio"}[args.resize]
         cmd = [i2d, "--url_list", str(url_file), "--input_format", "txt", "--output_format", "webdataset",
                "--output_folder", str(out / "shards"), "--image_size", str(args.image_size),
-               "--resize_mode", "no" if args.image_size == 0 else args.i2d_resize_mode, "--encode_format", "jpg",
-               "--encode_quality", "95", "--processes_count", str(args.i2d_processes),
+               "--resize_mode", "no" if args.image_size == 0 else mode, "--min_image_size", str(args.min_side),
+               "--encode_format", "jpg", "--encode_quality", "95", "--processes_count", str(args.i2d_processes),
                "--thread_count", str(args.i2d_threads), "--timeout", "10", "--retries", "2",
                "--number_sample_per_shard", "10000", "--distributor", "multiprocessing", "--enable_wandb", "False"]
         res = measure(cmd, env=env, cwd=out)
@@ -313,13 +331,16 @@ def main() -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--urls", type=int, default=2000)
     p.add_argument("--memory", action="store_true", help="also run 10x the URLs and compare peak RSS")
-    p.add_argument("--tools", default="taxoclip-fetch,taxoclip-resize,taxoclip-build,img2dataset")
+    p.add_argument("--tools", default="taxoclip-fetch,taxoclip-resize,taxoclip-build,taxoclip-build-nodedup,"
+                                      "img2dataset")
     p.add_argument("--source-size", type=int, default=500, help="longer side of the served JPEGs")
     p.add_argument("--image-size", type=int, default=224, help="output size (both tools squash/resize to it)")
     p.add_argument("--concurrency", type=int, default=32, help="taxoclip requests in flight")
     p.add_argument("--i2d-processes", type=int, default=2)
     p.add_argument("--i2d-threads", type=int, default=16, help="per process: 2 x 16 = taxoclip's 32")
-    p.add_argument("--i2d-resize-mode", default="center_crop")
+    p.add_argument("--resize", choices=["squash", "shorter-side"], default="squash",
+                   help="taxoclip's resize mode; img2dataset runs the matching one (see above)")
+    p.add_argument("--min-side", type=int, default=224, help="both tools reject images with a shorter side below")
     p.add_argument("--build-args", default="--concurrency 32 --per-host-rate 0",
                    help="extra arguments for `taxoclip data build`")
     p.add_argument("--latency", type=float, default=0.0, help="seconds the server waits before each answer")
@@ -353,22 +374,28 @@ def main() -> None:
         results = []
         for n in sizes:
             urls = [f"{base}/img/{i}.jpg" for i in range(n)]
+            runs: dict[str, list[dict]] = {tool: [] for tool in tools}
+            for _ in range(args.repeat):  # tools take turns
+                for tool in tools:
+                    r = run_tool(tool, urls, args.workdir, args, i2d)
+                    if r:
+                        runs[tool].append(r)
+                        print(json.dumps(r), flush=True)
             for tool in tools:
-                runs = [r for r in (run_tool(tool, urls, args.workdir, args, i2d) for _ in range(args.repeat)) if r]
-                if runs:
-                    best = max(runs, key=lambda r: r["images_per_s"])
-                    best["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+                if runs[tool]:
+                    best = max(runs[tool], key=lambda r: r["images_per_s"])
+                    best["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs[tool])
+                    best["runs_images_per_s"] = [r["images_per_s"] for r in runs[tool]]
                     results.append(best)
-                    print(json.dumps(best), flush=True)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait()
         port_file.unlink(missing_ok=True)
 
-    print(f"\n{'tool':<16} {'urls':>6} {'images':>7} {'wall s':>7} {'img/s':>7} {'peak RSS MB':>12}")
+    print(f"\n{'tool':<23} {'urls':>6} {'images':>7} {'wall s':>7} {'img/s':>7} {'peak RSS MB':>12}  img/s of each run")
     for r in results:
-        print(f"{r['tool']:<16} {r['urls']:>6} {r['images']:>7} {r['wall_s']:>7} {r['images_per_s']:>7} "
-              f"{r['peak_rss_mb']:>12}")
+        print(f"{r['tool']:<23} {r['urls']:>6} {r['images']:>7} {r['wall_s']:>7} {r['images_per_s']:>7} "
+              f"{r['peak_rss_mb']:>12}  {r['runs_images_per_s']}")
     by = {(r["tool"], r["urls"]): r for r in results}
     ref = {n: by.get(("img2dataset", n)) for n in sizes}
     for n in sizes:

@@ -257,6 +257,37 @@ def test_sigkill_at_any_point_then_rerun_equals_an_uninterrupted_build(tmp_path)
     assert killed_while_running >= 3  # the kills really interrupted running builds
 
 
+def test_a_build_stopped_by_an_error_resumes_to_the_same_result(tmp_path, monkeypatch):
+    """Stopping on an exception (Ctrl-C, a full disk) between checkpoints, then re-running,
+    gives the uninterrupted result: the duplicate index is rewound to the last checkpoint."""
+    from taxoclip.data import build as build_module
+
+    folder = write_folder_with_table(tmp_path / "photos", 30)
+    with open(folder / "labels.csv", "a") as f:  # exact duplicates of earlier photos, late in the input
+        for i in (2, 25):
+            (folder / f"copy{i}.jpg").write_bytes((folder / f"img{i:03d}.jpg").read_bytes())
+            f.write(f"copy{i}.jpg,Animalia,Chordata,Mammalia,Carnivora,Felidae,Puma,Puma concolor,cougar\n")
+    options = BuildOptions(workers=0, progress=False, checkpoint_every=10)
+    small_build([folder], tmp_path / "ref", options=options)
+    write = build_module._Builder._write
+    calls = []
+
+    def failing_write(self, *args):
+        calls.append(1)
+        if len(calls) == 27:  # between the checkpoints after records 20 and 30
+            raise KeyboardInterrupt
+        return write(self, *args)
+
+    monkeypatch.setattr(build_module._Builder, "_write", failing_write)
+    with pytest.raises(KeyboardInterrupt):
+        small_build([folder], tmp_path / "out", options=options)
+    monkeypatch.setattr(build_module._Builder, "_write", write)
+    small_build([folder], tmp_path / "out", options=options)
+    assert snapshot(tmp_path / "out") == snapshot(tmp_path / "ref")
+    removed = pd.read_csv(tmp_path / "out" / "removed.csv")
+    assert sorted(Path(o).name for o in removed.origin) == ["copy2.jpg", "copy25.jpg"]
+
+
 def test_names_resolved_by_a_backbone_and_unresolved_ones_reported(tmp_path):
     folder = tmp_path / "photos"
     folder.mkdir()

@@ -73,25 +73,29 @@ def test_pdq_is_stable_under_resizing_and_reencoding_but_tells_photos_apart():
     assert content_hash(b"abc") == "900150983cd24fb0d6963f7d28e17f72"  # MD5 test vector (RFC 1321)
 
 
-def test_hamming_index_finds_exactly_what_brute_force_finds():
-    rng = random.Random(0)
+@pytest.mark.parametrize("threshold", [3, 10])
+def test_hamming_index_finds_exactly_what_brute_force_finds(threshold):
+    rng = random.Random(threshold)
     base = [rng.getrandbits(256) for _ in range(200)]
     stored = []
-    index = HammingIndex(threshold=10)
+    index = HammingIndex(threshold=threshold)
     for b in base:
-        for flips in (0, 5, 9, 10, 30):
+        for flips in (0, threshold // 2, threshold - 1, threshold, 30):
             v = b
             for bit in rng.sample(range(256), flips):
                 v ^= 1 << bit
             stored.append(v)
-    for v in stored[::2]:
-        index.add(v.to_bytes(32, "big"))
     kept = stored[::2]
+    for i, v in enumerate(kept):
+        index.add(i, v.to_bytes(32, "big"))
     for q in stored[1::2] + [rng.getrandbits(256) for _ in range(50)]:
         dists = [(bin(q ^ k).count("1"), i) for i, k in enumerate(kept)]
-        want = min((d, i) for d, i in dists if d < 10) if any(d < 10 for d, _ in dists) else None
+        near = [(d, i) for d, i in dists if d < threshold]
+        want = min(near) if near else None
         got = index.nearest(q.to_bytes(32, "big"))
         assert got == (None if want is None else (want[1], want[0]))
+    index.remove_from(100)  # a resumed build forgets what came after its checkpoint
+    assert len(index) == 100 and index.nearest(kept[150].to_bytes(32, "big")) is None
 
 
 def test_splits_depend_on_the_source_id_alone():
@@ -124,3 +128,21 @@ def test_retrieval_and_alignment_descriptors_match_a_cropped_copy():
     assert hit is not None and hit[0] == 7
     other = photo(999, (96, 96))
     assert thumbs.match(retrieval_descriptor(other), fine_descriptor(other)) is None
+
+
+def test_the_same_scene_with_another_subject_is_not_a_copy():
+    """Correlation is global: a scene with one part changed (another fish before the same reef
+    camera) still correlates >= 0.93; the local residual test tells it from a copy."""
+    from taxoclip.data.leakage import AlignedMatch, EvalThumbnails, aligned_correlation, fine_descriptor, \
+        local_residual, retrieval_descriptor, stored_thumbnail
+
+    evals = [photo(s, (96, 96)) for s in range(30)]
+    thumbs = EvalThumbnails(np.stack([retrieval_descriptor(e) for e in evals]),
+                            np.stack([stored_thumbnail(e) for e in evals]), AlignedMatch())
+    scene = evals[7].copy()
+    scene.paste(photo(500, (24, 24)), (36, 36))  # a sixteenth of the frame is another subject
+    scene = Image.open(io.BytesIO(jpeg(scene, quality=80)))
+    fine = fine_descriptor(scene)
+    corr, renditions = aligned_correlation(fine, thumbs.stored[[7]], thumbs.params)
+    assert corr[0] >= thumbs.params.accept and local_residual(fine, renditions[0]) > thumbs.params.local
+    assert thumbs.match(retrieval_descriptor(scene), fine) is None

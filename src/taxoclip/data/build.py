@@ -12,10 +12,11 @@ data source, source id and image MD5) is the same in every run.
 
 Resume: every `checkpoint_every` records, open shards are fsynced and a checkpoint part is
 written (see `workstate`). Re-running the same command after a crash or SIGKILL reloads the
-parts (catalog rows, dedup hashes, counters), truncates open shards to their checkpointed
-length, skips the records already decided, and continues; the result is byte-identical to an
-uninterrupted run. Memory holds the dedup hashes (~1 KB per kept image) and a bounded window
-of images in flight, whatever the input size.
+parts (counters, shard states), rewinds the index of kept images (`kept`) to the checkpoint,
+truncates open shards to their checkpointed length, skips the records already decided, and
+continues; the result is byte-identical to an uninterrupted run. Memory holds a bounded window
+of images in flight and one checkpoint's rows, whatever the input size: the hashes of kept
+images are on disk, and the final statistics are computed by streaming the catalog.
 """
 from __future__ import annotations
 
@@ -37,8 +38,8 @@ from ..taxonomy import captions
 from .align import Aligner, load_backbone
 from .catalog import REPORTS, write_catalog, write_report
 from .exclusion import ExclusionSet, build_exclusion
-from .hashing import HammingIndex
 from .imaging import ImageSpec
+from .kept import KeptImages
 from .leakage import AlignedMatch
 from .parallel import default_workers, ordered_map
 from .records import Record
@@ -201,14 +202,12 @@ class _Builder:
         self.reasons: dict[str, dict[str, int]] = {"errors": {}, "removed": {}, "unresolved": {}}
         self.stream_states: dict[str, dict] = {}
         self.done = False
-        self.kept_md5: dict[str, str] = {}
-        self.kept_index = HammingIndex(config.dedup_threshold) if config.dedup_threshold else None
-        self.kept_uuids: list[str] = []
+        self.kept: KeptImages | None = None  # opened by `run`
         self._new_part()
 
     # ----- checkpoints ---------------------------------------------------------------------
     def _new_part(self) -> None:
-        self.part = {"rows": [], "kept": [], "errors": [], "removed": [], "unresolved": []}
+        self.part = {"rows": [], "errors": [], "removed": [], "unresolved": []}
 
     def _load(self) -> None:
         for part in self.work.parts():
@@ -218,21 +217,15 @@ class _Builder:
             self.reasons = part["reasons"]
             self.stream_states = part["streams"]
             self.done = part.get("done", False)
-            for md5, pdq, quality, uid in part["kept"]:
-                self._remember(md5, bytes.fromhex(pdq), quality, uid)
 
     def _checkpoint(self, streams: dict[str, ShardStream], done: bool = False) -> None:
+        states = {name: s.state() for name, s in streams.items()}  # shards durable first,
+        self.kept.commit()  # then what they hold, then the part that points at both
         part = dict(self.part, cursor=self.cursor, counts=self.counts, reasons=self.reasons, done=done,
-                    streams={name: s.state() for name, s in streams.items()})
+                    streams=states)
         self.work.write_part(self.n_parts, part)
         self.n_parts += 1
         self._new_part()
-
-    def _remember(self, md5: str, pdq: bytes, quality: int, uid: str) -> None:
-        self.kept_md5.setdefault(md5, uid)
-        if self.kept_index is not None and quality >= self.config.min_pdq_quality:
-            self.kept_index.add(pdq)
-            self.kept_uuids.append(uid)
 
     def _count(self, key: str, n: int = 1) -> None:
         self.counts[key] = self.counts.get(key, 0) + n
@@ -245,7 +238,12 @@ class _Builder:
     def run(self) -> None:
         self._load()
         if not self.done:
-            self._process()
+            self.kept = KeptImages(self.work.root / "kept.sqlite", self.config.dedup_threshold)
+            try:
+                self.kept.rewind(self.cursor)
+                self._process()
+            finally:
+                self.kept.close()
         self._finalize()
 
     def _progress(self, total=None, initial=0, desc=""):
@@ -392,12 +390,13 @@ class _Builder:
                     return "evaluation image", "pdq", near[0], str(near[1])
             if res.leak is not None:
                 return "evaluation image", "aligned", ex.origins[res.leak[0]], f"{res.leak[1]:.4f}"
-        if res.md5 in self.kept_md5:
-            return "duplicate", "exact", self.kept_md5[res.md5], "0"
-        if self.kept_index is not None and res.quality >= self.config.min_pdq_quality:
-            near = self.kept_index.nearest(res.pdq)
+        same = self.kept.exact(res.md5)
+        if same is not None:
+            return "duplicate", "exact", same, "0"
+        if res.quality >= self.config.min_pdq_quality:
+            near = self.kept.near(res.pdq)
             if near is not None:
-                return "duplicate", "pdq", self.kept_uuids[near[0]], str(near[1])
+                return "duplicate", "pdq", near[0], str(near[1])
         return None
 
     def _write(self, res: Processed, record: Record, streams: dict[str, ShardStream]) -> None:
@@ -425,16 +424,15 @@ class _Builder:
             "license": record.license, "resolution": record.resolution,
             "traits": json.dumps(record.traits, ensure_ascii=False, sort_keys=True, default=str),
             "width": res.size[0], "height": res.size[1]})
-        self.part["kept"].append([res.md5, res.pdq.hex(), res.quality, uid])
-        self._remember(res.md5, res.pdq, res.quality, uid)
+        self.kept.add(res.seq, uid, res.md5, res.pdq if res.quality >= self.config.min_pdq_quality else None)
         self._count("written")
         self._count(f"split:{split}")
         self._count(f"resolution:{record.resolution}")
 
     # ----- final outputs -------------------------------------------------------------------
     def _finalize(self) -> None:
-        from .catalog import read_catalog
-        from .stats import dataset_stats
+        from .catalog import iter_catalog
+        from .stats import STATS_COLUMNS, dataset_stats
 
         out, work = self.out, self.work
         write_catalog((p["rows"] for p in work.parts()), out / "catalog.parquet")
@@ -445,7 +443,7 @@ class _Builder:
             if key == "errors":
                 rows = itertools.chain(exclusion_errors, rows)
             write_report(rows, out / name, columns)
-        stats = dataset_stats(read_catalog(out))
+        stats = dataset_stats(iter_catalog(out, STATS_COLUMNS))
         counts = {k: v for k, v in self.counts.items() if ":" not in k}
         if exclusion_errors:
             counts["exclude_errors"] = len(exclusion_errors)

@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from ..taxonomy import Taxon
 
-__all__ = ["CATALOG_COLUMNS", "REPORTS", "catalog_schema", "write_catalog", "read_catalog", "write_report",
-           "taxon_of_row"]
+__all__ = ["CATALOG_COLUMNS", "REPORTS", "catalog_schema", "write_catalog", "read_catalog", "iter_catalog",
+           "write_report", "taxon_of_row"]
 
 CATALOG_COLUMNS = ("uuid", "kingdom", "phylum", "class", "order", "family", "genus", "species_epithet", "species",
                    "scientific_name", "common", "data_source", "source_id", "split", "shard", "origin", "license",
@@ -76,6 +76,15 @@ def read_catalog(out: Path):
     import pyarrow.parquet as pq
 
     return pq.read_table(Path(out) / "catalog.parquet").to_pandas()
+
+
+def iter_catalog(out: Path, columns: list[str] | None = None, batch_size: int = 1024) -> Iterator[dict]:
+    """The catalog's rows as dicts, streamed in batches (memory does not grow with the catalog)."""
+    import pyarrow.parquet as pq
+
+    with pq.ParquetFile(Path(out) / "catalog.parquet") as f:
+        for batch in f.iter_batches(batch_size=batch_size, columns=columns):
+            yield from batch.to_pylist()
 
 
 def write_report(rows: Iterable[dict], path: Path, columns: tuple[str, ...]) -> int:

@@ -27,8 +27,7 @@ class ExclusionSet:
 
     origins: list[str] = field(default_factory=list)
     md5: dict[str, int] = field(default_factory=dict)
-    pdq: HammingIndex | None = None
-    pdq_items: list[int] = field(default_factory=list)  # HammingIndex item -> evaluation item
+    pdq: HammingIndex | None = None  # items are evaluation items (indices into `origins`)
     thumbs_dir: Path | None = None
     errors: list[dict] = field(default_factory=list)
 
@@ -43,7 +42,7 @@ class ExclusionSet:
         if self.pdq is None:
             return None
         hit = self.pdq.nearest(pdq)
-        return None if hit is None else (self.origins[self.pdq_items[hit[0]]], hit[1])
+        return None if hit is None else (self.origins[hit[0]], hit[1])
 
 
 def _jobs(records: Iterable[Record]) -> Iterable[tuple[Record, Job]]:
@@ -70,8 +69,7 @@ def build_exclusion(paths: list[str], folder: Path, *, threshold: int, min_quali
             ex.origins.append(p["origin"])
             ex.md5.setdefault(p["md5"], i)
             if ex.pdq is not None and p["quality"] >= min_quality:
-                ex.pdq.add(bytes.fromhex(p["pdq"]))
-                ex.pdq_items.append(i)
+                ex.pdq.add(i, bytes.fromhex(p["pdq"]))
     return ex
 
 

@@ -3,7 +3,8 @@
 Decoding is `taxoclip.io.images.decode_image` (EXIF orientation, any mode -> 8-bit RGB), with
 JPEG draft mode so a 4000 px photo is decoded at a fraction of its size when we only keep 224
 px. Resize modes are a registry: `squash` (to size x size, aspect not kept, as the
-TreeOfLife shards are) and `shorter-side` (shorter side to size, aspect kept). Every failure
+TreeOfLife shards are) and `shorter-side` (shorter side to size, aspect kept); both shrink by
+area averaging and enlarge bicubically (`resample`). Every failure
 is a `Rejected` with a one-line reason for the error report.
 """
 from __future__ import annotations
@@ -17,7 +18,8 @@ from PIL import Image
 from ..errors import InputError
 from ..io.images import decode_image
 
-__all__ = ["ImageSpec", "Rejected", "RESIZE_MODES", "read_payload", "decode", "encode_jpeg", "FINGERPRINT_SIDE"]
+__all__ = ["ImageSpec", "Rejected", "RESIZE_MODES", "read_payload", "decode", "encode_jpeg", "resample",
+           "FINGERPRINT_SIDE"]
 
 FINGERPRINT_SIDE = 128  # decode at least this large (when the photo is): fingerprints must not depend on --size
 
@@ -30,15 +32,25 @@ class Rejected(Exception):
         self.reason = reason
 
 
+def resample(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Resize with area averaging when shrinking both sides, bicubic otherwise.
+
+    Area averaging (Pillow's BOX filter, OpenCV's INTER_AREA) is what img2dataset uses to
+    shrink; in Pillow it costs 0.45 ms where bicubic costs 1.0 ms for a 500 px photo, which
+    made resizing the largest cost of a build. Enlarging by box would be blocky: bicubic.
+    """
+    shrink = size[0] <= img.width and size[1] <= img.height
+    return img.resize(size, Image.Resampling.BOX if shrink else Image.Resampling.BICUBIC, reducing_gap=3.0)
+
+
 def _squash(img: Image.Image, size: int) -> Image.Image:
-    return img.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    return resample(img, (size, size))
 
 
 def _shorter_side(img: Image.Image, size: int) -> Image.Image:
     w, h = img.size
     scale = size / min(w, h)
-    return img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BICUBIC,
-                      reducing_gap=3.0)
+    return resample(img, (max(1, round(w * scale)), max(1, round(h * scale))))
 
 
 RESIZE_MODES: dict[str, Callable[[Image.Image, int], Image.Image]] = {
