@@ -11,7 +11,6 @@ and prints how often the top-1 answers agree.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import tarfile
 from pathlib import Path
@@ -56,9 +55,15 @@ def main() -> None:
         taxa = taxa[taxa.set == args.taxa].drop_duplicates(subset=["kingdom", "phylum", "class", "order", "family",
                                                                    "genus", "species"])
         bank32, bank16 = TextBank.from_taxa(fp32, taxa), TextBank.from_taxa(bf16, taxa)
-        _, i32 = bank32.top_k(a, 1, fp32.logit_scale)
+        p32, i32 = bank32.top_k(a, 2, fp32.logit_scale)
         _, i16 = bank16.top_k(b, 1, bf16.logit_scale)
+        i32, i16 = i32[:, :1], i16[:, :1]
         agree = (i32 == i16).float().mean().item()
+        differ = (i32 != i16)[:, 0]
+        if differ.any():  # how close fp32's own first and second answers were where the two differ
+            gaps = (p32[differ, 0] - p32[differ, 1]).tolist()
+            print(f"{int(differ.sum())} photos differ; fp32 probability gap between its top-1 and top-2 there: "
+                  f"{', '.join(f'{g:.3f}' for g in sorted(gaps))}")
         truth = []
         for ref in refs:  # the label of each photo, from its JSON beside the JPEG in the shard
             with tarfile.open(ref.path) as tar:

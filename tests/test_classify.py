@@ -9,7 +9,6 @@ from taxoclip.classify import ImageEmbedder, embed_images, prediction_columns
 from taxoclip.errors import InputError
 from taxoclip.io import ImageLoader, find_images
 from taxoclip.models import load_model
-from taxoclip.textbank import TextBank
 
 
 @pytest.fixture

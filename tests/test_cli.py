@@ -1,5 +1,4 @@
 """The `taxoclip` command line as users run it: outputs, exit codes and one-line errors."""
-import os
 import subprocess
 import sys
 

@@ -1,6 +1,5 @@
 """Finding images in what users type, decoding every kind of image file, and writing results."""
 import csv
-import io
 import json
 import tarfile
 

@@ -116,3 +116,56 @@ def test_export_command_writes_a_checkpoint(run, tmp_path):
     a = load_file(export / "open_clip_model.safetensors")
     b = load_file(tmp_path / "again" / "open_clip_model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _training_taxa(root):
+    from taxoclip.train.evaluate import load_taxa
+
+    return load_taxa("train", [str(root / "bio")], "train", [])
+
+
+def test_export_carries_its_own_vocabulary_of_the_training_taxa(run):
+    """`taxoclip predict --model EXPORT photos/` names species with no flags, as bioclip-2 does."""
+    from taxoclip.models import load_model
+    from taxoclip.taxonomy import Taxon, apply_templates
+
+    root, export, images = run
+    names = json.loads((export / "embeddings" / "txt_emb_species.json").read_text())
+    emb = np.load(export / "embeddings" / "txt_emb_species.npy")
+    taxa = _training_taxa(root)
+    assert sorted(Taxon.from_tol_entry(e) for e in names) == sorted(taxa)
+    assert emb.shape == (32, len(names)) and emb.dtype == np.float32
+
+    # Each column is the normalised mean of the model's template embeddings of its taxon's text.
+    model = load_model(str(export), precision="fp32", device="cpu", text=True)
+    first = Taxon.from_tol_entry(names[0])
+    expected = torch.nn.functional.normalize(model.encode_text(apply_templates(first.vocabulary_text, "openai")).mean(0),
+                                             dim=0)
+    assert torch.allclose(torch.from_numpy(emb[:, 0]), expected, atol=1e-5)
+
+    # And predict uses it: the top species is the best-matching column, its score the softmax.
+    from taxoclip import TreeOfLifeClassifier
+
+    clf = TreeOfLifeClassifier(str(export), precision="fp32", device="cpu", workers=0)
+    rows = clf.predict([str(p) for p in images], k=1)
+    pixels = torch.stack([model.preprocess(Image.open(p).convert("RGB")) for p in images])
+    logits = model.logit_scale * model.encode_image(pixels) @ torch.from_numpy(emb)
+    probs = logits.softmax(-1)
+    for row, p in zip(rows, probs):
+        best = Taxon.from_tol_entry(names[int(p.argmax())])
+        assert (row["genus"], row["species_epithet"]) == (best.genus, best.ranks[-1])
+        assert row["score"] == pytest.approx(float(p.max()), rel=1e-4)
+
+
+def test_export_without_vocabulary_asks_for_one(run, tmp_path):
+    from taxoclip.cli import main
+
+    root, _, images = run
+    out = tmp_path / "plain"
+    assert main(["train", "export", str(root / "run"), str(out), "--vocabulary", "none"]) == 0
+    assert not (out / "embeddings").exists()
+    from taxoclip import TreeOfLifeClassifier
+    from taxoclip.textbank import VocabularyError
+
+    with pytest.raises(VocabularyError, match="--cls"):
+        TreeOfLifeClassifier(str(out), precision="fp32", device="cpu")

@@ -145,3 +145,17 @@ def test_gradient_checkpointing_changes_memory_not_results(data):
         results.append((loss, tr.net.visual.proj.detach().clone()))
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
     assert torch.allclose(results[0][1], results[1][1], atol=1e-6)
+
+
+def test_compiled_training_matches_eager(data, tmp_path):
+    """`model.compile: true` is a speed option only: the same losses and weights as eager."""
+    eager = _run(data, tmp_path / "eager", "steps=2", "data.batch_size=8", "export=false")
+    compiled = _run(data, tmp_path / "compiled", "steps=2", "data.batch_size=8", "export=false", "model.compile=true")
+    a, b = _log(tmp_path / "eager"), _log(tmp_path / "compiled")
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b):
+        assert float(rb["loss"]) == pytest.approx(float(ra["loss"]), rel=1e-4)
+    assert math.isfinite(compiled.last_loss) and compiled.last_loss == pytest.approx(eager.last_loss, rel=1e-4)
+    wa, wb = _weights(tmp_path / "eager"), _weights(tmp_path / "compiled")
+    assert wa.keys() == wb.keys()
+    assert max((wa[k].float() - wb[k].float()).abs().max().item() for k in wa) < 1e-4

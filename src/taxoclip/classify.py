@@ -24,7 +24,7 @@ import torch
 
 from .errors import InputError
 from .io.images import ImageLoader, ImageRef, find_images
-from .models import ClipModel, load_model, resolve, resolve_device, resolve_precision
+from .models import ClipModel, default_batch_size, load_model, resolve, resolve_device, resolve_precision
 from .models.preprocess import ImagePreprocess
 from .taxonomy import RANKS, Rank
 from .textbank import RANK_COLUMNS, TextBank, read_subset_csv
@@ -37,7 +37,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FILE_NAME, SCORE, ERROR = "file_name", "score", "error"
-DEFAULT_BATCH_SIZE = 32
 # Compiling the image tower costs 30-50 s once per process; it pays off only on long runs.
 COMPILE_MIN_IMAGES = int(os.environ.get("TAXOCLIP_COMPILE_MIN_IMAGES", "2000"))
 Images = Iterable["str | os.PathLike | ImageRef | object"] | str
@@ -82,7 +81,7 @@ class _Base:
         pretrained = pretrained or pretrained_str
         self.model = model if isinstance(model, ClipModel) else load_model(
             model, pretrained=pretrained, device=device, precision=precision, text=self.needs_text)
-        self.batch_size = batch_size or DEFAULT_BATCH_SIZE
+        self.batch_size = batch_size or default_batch_size(self.model.device)
         self.workers = workers
         self.compile = compile
 
@@ -310,7 +309,7 @@ def embed_images(images: Images, model: str | ClipModel = "bioclip-2", *, normal
 
 
 def start_loader(inputs: Iterable, *, model: str = "bioclip-2", pretrained: str | None = None, device: str = "auto",
-                 precision: str = "auto", batch_size: int = DEFAULT_BATCH_SIZE,
+                 precision: str = "auto", batch_size: int | None = None,
                  workers: int | None = None) -> tuple[ImageLoader | None, list[str]]:
     """Find the images and start decoding them before the model is loaded (front ends call this
     first, so the first batches are ready when the weights are). Returns (loader or None when
@@ -320,5 +319,7 @@ def start_loader(inputs: Iterable, *, model: str = "bioclip-2", pretrained: str 
         return None, problems
     preprocess = ImagePreprocess.from_config(resolve(model, pretrained).preprocess_cfg)
     # JPEG draft decoding belongs to the reduced-precision path; fp32 stays faithful to pybioclip.
-    draft = resolve_precision(precision, resolve_device(device)) != torch.float32
-    return ImageLoader(refs, preprocess, batch_size=batch_size, workers=workers, draft=draft).start(), problems
+    dev = resolve_device(device)
+    draft = resolve_precision(precision, dev) != torch.float32
+    return ImageLoader(refs, preprocess, batch_size=batch_size or default_batch_size(dev), workers=workers,
+                       draft=draft).start(), problems

@@ -104,7 +104,8 @@ class TextBank:
 
     def embeddings(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """All rows as one tensor (materialised; for small banks and analyses)."""
-        return torch.cat([c.to(dtype) for _, c in self._chunks()]) if len(self) else torch.empty(0, self.dim, dtype=dtype)
+        return torch.cat([c.to(dtype, copy=True) for _, c in self._chunks()]) if len(self) else \
+            torch.empty(0, self.dim, dtype=dtype)
 
     def label_data(self) -> pd.DataFrame:
         """pybioclip's `get_label_data`: ranks, `species` binomial and `common_name` per row."""
@@ -159,18 +160,22 @@ class TextBank:
 
     # ----- scoring ---------------------------------------------------------------------------
     def _chunks(self, rows: int | None = None):
-        """Consecutive blocks of rows. A cached bank is read with pread into a fresh buffer:
-        the 1.3 GB vocabulary then lives in the shared page cache, not in this process's RSS."""
+        """Consecutive blocks of rows, each valid until the next is asked for.
+
+        A cached bank is read with pread into one reused buffer: the 1.3 GB vocabulary then
+        lives in the shared page cache, not in this process's RSS, and no block pays for
+        fresh pages (page faults on a new 100 MB buffer cost more than the copy itself)."""
         rows = rows or CHUNK_ROWS
         n = len(self)
         on_disk = self.cache_dir is not None and self._index is None and self._emb.device.type == "cpu"
         path = self.cache_dir / "embeddings.bin" if on_disk else None
         fd = os.open(path, os.O_RDONLY) if path is not None and path.exists() else None
+        buf = torch.empty(min(rows, n), self.dim, dtype=self.dtype) if fd is not None else None
         try:
             for s in range(0, n, rows):
                 e = min(n, s + rows)
                 if fd is not None:
-                    block = torch.empty(e - s, self.dim, dtype=self.dtype)
+                    block = buf[: e - s]
                     view = block.view(torch.int16) if self.dtype == torch.bfloat16 else block
                     _pread_into(fd, memoryview(view.numpy()).cast("B"), s * self.dim * block.element_size())
                     yield s, block
@@ -295,6 +300,30 @@ class TextBank:
             self._groups[r] = (torch.from_numpy(codes.astype(np.int64)), table)
         return self._groups[r]
 
+    def save_published(self, folder: str | os.PathLike) -> Path:
+        """Write the bank in the published layout (`txt_emb_species.npy` [D, N] float32 + `.json`).
+
+        A model directory with such an `embeddings/` folder predicts over it with no flags,
+        as bioclip-2 does with TreeOfLife-200M; `--vocabulary FOLDER` reads it too.
+        """
+        from .durable import atomic_file
+
+        if not self.is_taxonomic:
+            raise VocabularyError(f"bank {self.name} holds labels, not taxa; the published layout needs ranks")
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_file(folder / EMB_FILE) as fh:
+            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": True,
+                      "shape": (self.dim, len(self))}
+            np.lib.format.write_array_header_1_0(fh, header)
+            for _, block in self._chunks():  # column-major [D, N] = row-major [N, D]: stream rows
+                fh.write(block.float().cpu().numpy().tobytes())
+        entries = [Taxon.from_ranks([r[c] for c in RANK_COLUMNS], r["common_name"]).to_tol_entry()
+                   for r in self.table[TAXA_COLUMNS].to_dict("records")]
+        with atomic_file(folder / NAMES_FILE) as fh:
+            fh.write(json.dumps(entries, ensure_ascii=False).encode("utf-8"))
+        return folder
+
     # ----- constructors ----------------------------------------------------------------------
     @classmethod
     def from_arrays(cls, embeddings: np.ndarray | torch.Tensor, table: pd.DataFrame | Sequence[str],
@@ -319,6 +348,8 @@ class TextBank:
 
         card = find_card(model) if isinstance(model, str) else getattr(model, "card", None)
         model_id = model if isinstance(model, str) else getattr(model, "id", None)
+        if source is None and not (card and card.vocabulary_repo):
+            source = _own_vocabulary(model)
         npy, names = _published_files(source, card, model_id)
         loaded = model if not isinstance(model, str) else None
         dtype = dtype or (loaded.dtype if loaded is not None else torch.float32)
@@ -501,6 +532,16 @@ def _write_bank(out: Path, emb: torch.Tensor, table: pd.DataFrame, dtype: torch.
     (out / "meta.json").write_text(json.dumps({"shape": list(arr.shape), "dtype": str(dtype).replace("torch.", "")}))
 
 
+def _own_vocabulary(model) -> Path | None:
+    """The `embeddings/` folder a model directory carries (what `taxoclip train export` writes)."""
+    if isinstance(model, str):
+        path = Path(model.removeprefix("local-dir:")).expanduser()
+        folder = path / "embeddings" if path.is_dir() else None
+    else:
+        folder = getattr(getattr(model, "source", None), "vocabulary", None)
+    return folder if folder is not None and (folder / EMB_FILE).is_file() else None
+
+
 def _published_files(source, card, model_id) -> tuple[Path, Path]:
     from .models.loading import hf_file
 
@@ -563,8 +604,8 @@ def _convert_published(npy: Path, names_path: Path, out: Path, dtype: torch.dtyp
             for s in range(0, n, block):
                 c = min(block, n - s)
                 if fortran:  # column-major: each taxon's vector is contiguous
-                    data = os.pread(fd, c * d * item, offset + s * d * item)
-                    rows = np.frombuffer(data, dtype=src_dtype).reshape(c, d)
+                    rows = buf.reshape(-1)[: c * d].reshape(c, d)
+                    os.preadv(fd, [memoryview(rows).cast("B")], offset + s * d * item)
                 else:
                     for r in range(d):
                         os.preadv(fd, [memoryview(buf[r, :c]).cast("B")], offset + (r * n + s) * item)

@@ -30,9 +30,27 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("run")
-    g.add_argument("--batch-size", type=positive_int, default=32, help="images per model call (default 32)")
+    g.add_argument("--batch-size", type=positive_int, default=None,
+                   help="images per model call (default: 16 on a CPU, where larger batches run slower; 128 on a GPU)")
     g.add_argument("--workers", type=int, default=None,
                    help="image decoding processes (default: one per spare core, 1-4; 0 decodes in the main process)")
     g.add_argument("--compile", default="auto", choices=["auto", "yes", "no"],
                    help="compile the image tower: auto (default) does so for runs of 2,000+ images")
     g.add_argument("--output", "-o", default="stdout", help="output file (default: standard output)")
+
+
+def start_loader(args: argparse.Namespace, command: str):
+    """Start decoding the inputs of `predict`/`embed` while the model loads; report what was skipped.
+
+    Returns (loader, problems); the loader is None when no image is left to do (exit status 2).
+    """
+    import sys
+
+    from .. import classify
+
+    loader, problems = classify.start_loader(args.image_file, model=args.model, pretrained=args.pretrained,
+                                             device=args.device, precision=args.precision,
+                                             batch_size=args.batch_size, workers=args.workers)
+    for p in problems:
+        print(f"taxoclip {command}: {p}", file=sys.stderr)
+    return loader, problems

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._options import add_model_options, add_run_options
+from ._options import add_model_options, add_run_options, start_loader
 
 
 def register(sub) -> None:
@@ -23,11 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from .. import classify
     from ..io.writers import format_for, open_writer
 
-    loader, problems = classify.start_loader(args.image_file, model=args.model, pretrained=args.pretrained,
-                                             device=args.device, precision=args.precision,
-                                             batch_size=args.batch_size, workers=args.workers)
-    for p in problems:
-        print(f"taxoclip embed: {p}", file=sys.stderr)
+    loader, problems = start_loader(args, "embed")
     if loader is None:
         return 2
     embedder = classify.ImageEmbedder(args.model, pretrained=args.pretrained, device=args.device,

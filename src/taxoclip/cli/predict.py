@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._options import RANK_NAMES, add_model_options, add_run_options, positive_int
+from ._options import RANK_NAMES, add_model_options, add_run_options, positive_int, start_loader
 
 
 def register(sub) -> None:
@@ -67,11 +67,7 @@ def run(args: argparse.Namespace) -> int:
     if custom and (args.rank or args.subset or args.vocabulary or args.taxa):
         raise InputError("--cls/--bins choose custom labels; they cannot be combined with --rank, --subset, "
                          "--vocabulary or --taxa")
-    loader, problems = classify.start_loader(args.image_file, model=args.model, pretrained=args.pretrained,
-                                             device=args.device, precision=args.precision,
-                                             batch_size=args.batch_size, workers=args.workers)
-    for p in problems:
-        print(f"taxoclip predict: {p}", file=sys.stderr)
+    loader, problems = start_loader(args, "predict")
     if loader is None:
         return 2
     common = dict(pretrained=args.pretrained, device=args.device, precision=args.precision,

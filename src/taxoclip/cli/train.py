@@ -35,6 +35,9 @@ def register(subparsers) -> None:
     e = sub.add_parser("export", help="write a checkpoint as an open_clip model directory (no replay head)")
     e.add_argument("checkpoint", help="checkpoint file, run directory, or its checkpoints/ folder")
     e.add_argument("out_dir", help="output directory (open_clip_config.json + open_clip_model.safetensors)")
+    e.add_argument("--vocabulary", default="train", metavar="TAXA",
+                   help="the model's own vocabulary (embeddings/): 'train' (default: the taxa of the run's "
+                        "training data), 'none', or a taxa table (CSV/Parquet with rank columns)")
     e.set_defaults(func=export)
     p.set_defaults(func=lambda args: (p.print_help(), 0)[1])
 
@@ -81,6 +84,6 @@ def run(args) -> int:
 def export(args) -> int:
     from ..train.export import export_checkpoint
 
-    out = export_checkpoint(args.checkpoint, args.out_dir)
+    out = export_checkpoint(args.checkpoint, args.out_dir, vocabulary=args.vocabulary)
     print(f"exported {args.checkpoint} to {out}")
     return 0

@@ -47,7 +47,8 @@ from .shardwriter import ShardStream
 from .sources import SourceOptions, detect_source, read_inputs
 from .splits import SplitRule
 from .worker import Job, Processed, init_worker, process_batch
-from .workstate import WorkDir, write_atomic
+from ..durable import write_atomic
+from .workstate import WorkDir
 
 __all__ = ["BuildConfig", "BuildOptions", "build", "sample_uuid", "OUTPUT_FILES"]
 

@@ -74,7 +74,7 @@ def build_exclusion(paths: list[str], folder: Path, *, threshold: int, min_quali
 
 
 def _fingerprint(paths: list[str], folder: Path, workers: int, source_options: SourceOptions, progress) -> None:
-    from .workstate import write_atomic
+    from ..durable import write_atomic
 
     folder.mkdir(parents=True, exist_ok=True)
     records = read_inputs(paths, source_options)

@@ -16,25 +16,14 @@ import os
 import tarfile
 from pathlib import Path
 
+from ..durable import fsync_dir
+
 __all__ = ["ShardStream", "SHARD_PATTERN", "MTIME"]
 
 SHARD_PATTERN = "shard-%05d.tar"
 MTIME = 946684800  # 2000-01-01: a fixed member time keeps shards byte-identical across runs
 _BLOCK = tarfile.BLOCKSIZE
 _RECORD = tarfile.RECORDSIZE
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _tarinfo_header(name: str, size: int) -> bytes:
@@ -161,7 +150,7 @@ class ShardStream:
         self._file.close()
         self._file = None
         os.replace(self._tmp(self.index), self._final(self.index))
-        _fsync_dir(self.folder)
+        fsync_dir(self.folder)
         self.index += 1
         self.count = 0
         self.length = 0

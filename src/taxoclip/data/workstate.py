@@ -13,39 +13,14 @@ output), `.work/parts/part-NNNNNN.json`, `.work/exclude/` (the evaluation finger
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..durable import write_atomic
 from ..errors import InputError
 
-__all__ = ["write_atomic", "WorkDir"]
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write a file so that it is either absent or complete, also after a crash."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+__all__ = ["WorkDir"]
 
 
 class WorkDir:

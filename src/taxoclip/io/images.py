@@ -13,7 +13,6 @@ import io
 import os
 import tarfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -84,7 +83,7 @@ class _Unreadable(Exception):
 def _decode(src, draft) -> Image.Image:
     try:
         if isinstance(src, Image.Image):
-            img = src
+            img = ImageOps.exif_transpose(src)  # a copy: never change the caller's image
         else:
             if isinstance(src, (str, os.PathLike)) and os.path.isfile(src) and os.path.getsize(src) == 0:
                 raise _Unreadable("empty file")
@@ -93,7 +92,7 @@ def _decode(src, draft) -> Image.Image:
             if draft and img.format == "JPEG" and min(img.size[0] / draft[0], img.size[1] / draft[1]) >= 2:
                 img.draft("RGB", draft)
             img.load()
-        img = ImageOps.exif_transpose(img)
+            ImageOps.exif_transpose(img, in_place=True)  # ours alone: no full-size copy
         return _to_rgb(img)
     except FileNotFoundError:
         raise _Unreadable("file not found") from None

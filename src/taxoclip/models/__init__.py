@@ -14,12 +14,12 @@ from .clip import ClipModel
 from .loading import ModelLoadError, ModelSource, hf_file, instantiate, resolve
 from .preprocess import ImagePreprocess
 from .registry import ModelCard, find_card, list_cards, register
-from .runtime import configure_threads, release_memory, resolve_device, resolve_precision
+from .runtime import configure_threads, default_batch_size, release_memory, resolve_device, resolve_precision
 
 __all__ = [
     "ClipModel", "ModelCard", "ModelLoadError", "ModelSource", "ImagePreprocess",
     "load_model", "list_models", "resolve", "instantiate", "register", "find_card", "list_cards",
-    "resolve_device", "resolve_precision", "hf_file", "save_model",
+    "resolve_device", "resolve_precision", "default_batch_size", "hf_file", "save_model",
 ]
 
 DEFAULT_MODEL = "bioclip-2"

@@ -47,6 +47,7 @@ class ModelSource:
     weights: Path | None = None
     card: ModelCard | None = None
     tokenizer_dir: Path | None = None
+    vocabulary: Path | None = None  # a model directory's own embeddings/ (published layout)
 
     @property
     def fingerprint(self) -> str:
@@ -103,7 +104,8 @@ def _from_dir(model_id: str, path: Path, card: ModelCard | None) -> ModelSource:
         raise ModelLoadError(f"model {model_id}: directory {path} has no weights ({' or '.join(WEIGHT_FILES)})")
     cfg = json.loads(cfg_path.read_text())
     tok = path if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file() else None
-    return ModelSource(model_id, cfg["model_cfg"], cfg.get("preprocess_cfg", {}), weights, card, tok)
+    vocab = path / "embeddings" if (path / "embeddings").is_dir() else None
+    return ModelSource(model_id, cfg["model_cfg"], cfg.get("preprocess_cfg", {}), weights, card, tok, vocab)
 
 
 def _from_hub(model_id: str, repo: str, card: ModelCard | None) -> ModelSource:

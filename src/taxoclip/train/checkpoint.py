@@ -9,12 +9,12 @@ way, so a crash at any moment leaves the previous checkpoint usable.
 """
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
 import torch
 
+from ..durable import atomic_file, write_atomic
 from ..errors import TaxoclipError
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "find_checkpoint", "prune", "rng_state",
@@ -27,40 +27,14 @@ class CheckpointError(TaxoclipError):
     """A checkpoint that cannot be found or read."""
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
-
-
 def save_checkpoint(run_dir: str | Path, step: int, payload: dict, keep: int = 0) -> Path:
     """Write `payload` as the checkpoint of `step` and point `latest` at it (call on one process)."""
     ckdir = Path(run_dir) / "checkpoints"
     ckdir.mkdir(parents=True, exist_ok=True)
     path = ckdir / f"step-{step:07d}.pt"
-    _atomic_write(path, lambda fh: torch.save(payload, fh))
-    _atomic_write(ckdir / LATEST, lambda fh: fh.write(f"{path.name}\n".encode()))
+    with atomic_file(path) as fh:
+        torch.save(payload, fh)
+    write_atomic(ckdir / LATEST, f"{path.name}\n".encode())
     if keep > 0:
         prune(ckdir, keep)
     return path

@@ -129,6 +129,7 @@ class TrainConfig:
     tensorboard: bool = True  # when the tensorboard package is installed
     threads: int = 0  # intra-op threads per process; 0 = cores / local processes
     export: bool = True  # write export/ (open_clip layout, no replay head) at the end
+    export_vocabulary: str = "train"  # export/embeddings/: taxa of the training data, "none", or a taxa table
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -3,21 +3,26 @@
 The directory holds `open_clip_config.json` + `open_clip_model.safetensors` (fp32), and the
 tokenizer files when the text tower is a Hugging Face model, so `taxoclip predict --model
 DIR`, `taxoclip.models.load_model(DIR)` and `open_clip.create_model_and_transforms(
-"local-dir:DIR")` all load it.
+"local-dir:DIR")` all load it. It also holds the model's own vocabulary, `embeddings/` in
+the published layout (the training taxa, or any taxa table, embedded by the exported model
+as the Tree-of-Life vocabularies are), so `taxoclip predict --model DIR photos/` names
+species with no further flags.
 """
 from __future__ import annotations
 
 import copy
 import shutil
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from torch import nn
 
+from ..taxonomy import Taxon
 from .checkpoint import find_checkpoint, load_checkpoint
 from .model import CONTINUAL_KEY
 
-__all__ = ["export_model", "export_checkpoint", "inference_state"]
+__all__ = ["export_model", "export_checkpoint", "export_vocabulary", "inference_state"]
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
                     "merges.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
@@ -60,9 +65,37 @@ def export_model(state: dict[str, torch.Tensor], model_cfg: dict, preprocess_cfg
     return out
 
 
-def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
-    """Export a training checkpoint (a file, a run directory or its checkpoints/ folder)."""
+def vocabulary_taxa(spec: str, train_shards: list[str], train_split: str) -> list[Taxon]:
+    """The taxa of an exported vocabulary: "train" (the training data's), "none", or a taxa table."""
+    if spec in ("", "none"):
+        return []
+    from .evaluate import load_taxa
+
+    return load_taxa(spec, train_shards, train_split, [])
+
+
+def export_vocabulary(model_dir: str | Path, taxa: Sequence[Taxon], device: str = "auto") -> Path:
+    """Embed `taxa` with the exported model ("<7 ranks> <common name>" through the OpenAI
+    templates, as the published vocabularies) and write `model_dir/embeddings/`."""
+    from ..models import load_model
+    from ..textbank import TextBank
+
+    model = load_model(str(model_dir), device=device, precision="fp32")
+    bank = TextBank.from_taxa(model, list(taxa), name=f"{model_dir} training taxa")
+    return bank.save_published(Path(model_dir) / "embeddings")
+
+
+def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, vocabulary: str = "train") -> Path:
+    """Export a training checkpoint (a file, a run directory or its checkpoints/ folder).
+
+    `vocabulary`: "train" (the taxa of the run's training data), "none", or a taxa table.
+    """
     path = find_checkpoint(checkpoint)
     ck = load_checkpoint(path)
     meta = ck["meta"]
-    return export_model(ck["model"], meta["model_cfg"], meta["preprocess_cfg"], out_dir, meta.get("tokenizer_dir", ""))
+    out = export_model(ck["model"], meta["model_cfg"], meta["preprocess_cfg"], out_dir, meta.get("tokenizer_dir", ""))
+    data = meta.get("config", {}).get("data", {})
+    taxa = vocabulary_taxa(vocabulary, data.get("train", []), data.get("split", "train"))
+    if taxa:
+        export_vocabulary(out, taxa)
+    return out

@@ -514,7 +514,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
         if evaluator:
             eval_metrics = _evaluate(evaluator, trainer)
             metrics.evaluation(total, eval_metrics)
-        export = _export(trainer, info, out, preprocess_cfg) if cfg.export else None
+        export = _export(trainer, cfg, info, out, preprocess_cfg) if cfg.export else None
     finally:
         metrics.close()
         del it
@@ -523,13 +523,17 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
     return TrainResult(out, total, last_loss, eval_metrics, export)
 
 
-def _export(trainer: Trainer, info: DistInfo, out: Path, preprocess_cfg: dict) -> Path | None:
+def _export(trainer: Trainer, cfg: TrainConfig, info: DistInfo, out: Path, preprocess_cfg: dict) -> Path | None:
     state = trainer.model_state()  # collective under FSDP
     if not info.main:
         return None
-    from .export import export_model
+    from .export import export_model, export_vocabulary, vocabulary_taxa
 
-    return export_model(state, trainer.built.model_cfg, preprocess_cfg, out / "export", trainer.built.tokenizer_dir)
+    path = export_model(state, trainer.built.model_cfg, preprocess_cfg, out / "export", trainer.built.tokenizer_dir)
+    taxa = vocabulary_taxa(cfg.export_vocabulary, cfg.data.train, cfg.data.split)
+    if taxa:
+        export_vocabulary(path, taxa, device=str(info.device))
+    return path
 
 
 def _evaluate(evaluator, trainer: Trainer) -> dict:
