@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from .errors import InputError
-from .io.images import ImageLoader, ImageRef, find_images
+from .io.images import ImageLoader, ImageRef, default_workers, find_images
 from .models import ClipModel, default_batch_size, load_model, resolve, resolve_device, resolve_precision
 from .models.preprocess import ImagePreprocess
 from .taxonomy import RANKS, Rank
@@ -100,7 +100,7 @@ class _Base:
         for p in problems:
             log.warning(p)
         return ImageLoader(refs, self.model.preprocess, batch_size=batch_size or self.batch_size,
-                           workers=self.workers, draft=self.model.dtype != torch.float32)
+                           workers=_workers(self.workers, self.model.device), draft=self.model.dtype != torch.float32)
 
     def _maybe_compile(self, n_images: int, batch_size: int) -> None:
         want = self.compile if isinstance(self.compile, bool) else (
@@ -321,5 +321,9 @@ def start_loader(inputs: Iterable, *, model: str = "bioclip-2", pretrained: str 
     # JPEG draft decoding belongs to the reduced-precision path; fp32 stays faithful to pybioclip.
     dev = resolve_device(device)
     draft = resolve_precision(precision, dev) != torch.float32
-    return ImageLoader(refs, preprocess, batch_size=batch_size or default_batch_size(dev), workers=workers,
-                       draft=draft).start(), problems
+    return ImageLoader(refs, preprocess, batch_size=batch_size or default_batch_size(dev),
+                       workers=_workers(workers, dev), draft=draft).start(), problems
+
+
+def _workers(workers: int | None, device: torch.device) -> int:
+    return default_workers(accelerator=device.type != "cpu") if workers is None else workers

@@ -33,7 +33,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=positive_int, default=None,
                    help="images per model call (default: 16 on a CPU, where larger batches run slower; 128 on a GPU)")
     g.add_argument("--workers", type=int, default=None,
-                   help="image decoding processes (default: one per spare core, 1-4; 0 decodes in the main process)")
+                   help="image decoding processes (default: one per spare core, at most 4 when the model runs on the CPU, "
+                        "32 on a GPU; 0 decodes in the main process)")
     g.add_argument("--compile", default="auto", choices=["auto", "yes", "no"],
                    help="compile the image tower: auto (default) does so for runs of 2,000+ images")
     g.add_argument("--output", "-o", default="stdout", help="output file (default: standard output)")
