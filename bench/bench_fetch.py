@@ -49,9 +49,10 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import threading
 import time
 from pathlib import Path
+
+from _measure import measure  # bench/ is on sys.path when run as a script
 
 HERE = Path(__file__).resolve()
 BIO_MINI = Path(os.environ.get("TAXOCLIP_BIO_MINI", HERE.parents[2] / "shared" / "data" / "bio-mini"))
@@ -217,40 +218,6 @@ def write_dwca(urls: list[str], root: Path) -> Path:
 
 
 # ----- measuring ------------------------------------------------------------------------------------
-def measure(cmd: list[str], env: dict | None = None, cwd: Path | None = None) -> dict:
-    """Run cmd; wall time and peak summed RSS of its process tree (sampled every 20 ms)."""
-    import psutil
-
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd,
-                            start_new_session=True)
-    peak = 0
-    stop = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        try:
-            root = psutil.Process(proc.pid)
-        except psutil.NoSuchProcess:
-            return
-        while not stop.is_set():
-            try:
-                rss = sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
-                peak = max(peak, rss)
-            except psutil.Error:
-                pass
-            stop.wait(0.02)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    out, err = proc.communicate()
-    wall = time.perf_counter() - t0
-    stop.set()
-    sampler.join()
-    return {"wall": wall, "peak_rss_mb": peak / 2**20, "rc": proc.returncode, "stdout": out.decode(),
-            "stderr": err.decode()}
-
-
 def count_tar_images(folder: Path) -> int:
     n = 0
     for tar in folder.rglob("*.tar"):

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import pandas as pd
+
+from _measure import measure  # bench/ is on sys.path when run as a script
 
 
 def make_photos(out: Path, n: int = 64) -> list[Path]:
@@ -58,45 +57,16 @@ def make_photos(out: Path, n: int = 64) -> list[Path]:
     return paths
 
 
-def tree_rss(pid: int) -> int:
-    import psutil
-
-    try:
-        p = psutil.Process(pid)
-        procs = [p] + p.children(recursive=True)
-    except psutil.Error:
-        return 0
-    total = 0
-    for q in procs:
-        try:
-            total += q.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
-
-
 def timed(cmd: list[str], env: dict) -> dict:
-    """Run a command; wall time, peak RSS of the largest process and of the whole tree."""
+    """Run a command; wall time, peak RSS of the largest process (exact, from the kernel) and of
+    the whole tree (sampled every 50 ms)."""
     wrapper = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
                "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(r.returncode)")
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", wrapper, *cmd], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    peak = [0]
-
-    def sample():
-        while proc.poll() is None:
-            peak[0] = max(peak[0], tree_rss(proc.pid))
-            time.sleep(0.05)
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    _, err = proc.communicate()
-    wall = time.perf_counter() - t0
-    th.join()
-    if proc.returncode != 0:
-        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{err[-2000:]}")
-    max_rss_kb = int(err.strip().splitlines()[-1])
-    return {"wall_s": wall, "max_rss_gb": max_rss_kb / 1e6, "tree_rss_gb": peak[0] / 1e9}
+    r = measure([sys.executable, "-c", wrapper, *cmd], env=env, interval=0.05)
+    if r["rc"] != 0:
+        raise SystemExit(f"failed ({r['rc']}): {' '.join(cmd)}\n{r['stderr'][-2000:]}")
+    max_rss_kb = int(r["stderr"].strip().splitlines()[-1])
+    return {"wall_s": r["wall"], "max_rss_gb": max_rss_kb / 1e6, "tree_rss_gb": r["peak_rss_mb"] * 2**20 / 1e9}
 
 
 def main() -> None:
