@@ -57,9 +57,9 @@ def main() -> None:
         bank32, bank16 = TextBank.from_taxa(fp32, taxa), TextBank.from_taxa(bf16, taxa)
         p32, i32 = bank32.top_k(a, 2, fp32.logit_scale)
         _, i16 = bank16.top_k(b, 1, bf16.logit_scale)
-        i32, i16 = i32[:, :1], i16[:, :1]
-        agree = (i32 == i16).float().mean().item()
-        differ = (i32 != i16)[:, 0]
+        top32, top16 = i32[:, 0], i16[:, 0]
+        agree = (top32 == top16).float().mean().item()
+        differ = top32 != top16
         if differ.any():  # how close fp32's own first and second answers were where the two differ
             gaps = (p32[differ, 0] - p32[differ, 1]).tolist()
             print(f"{int(differ.sum())} photos differ; fp32 probability gap between its top-1 and top-2 there: "
@@ -70,7 +70,7 @@ def main() -> None:
                 meta = json.load(tar.extractfile(ref.name.rsplit("/", 1)[1].replace(".jpg", ".json")))
             truth.append(meta["species"] or meta["genus"])
         names = bank32.label_data()
-        pred32 = [names.species[i] or names.genus[i] for i in i32[:, 0].tolist()]
+        pred32 = [names.species[i] or names.genus[i] for i in top32.tolist()]
         acc = sum(p == t for p, t in zip(pred32, truth)) / len(truth)
         print(f"zero-shot over {len(bank32)} {args.taxa} taxa: top-1 agreement bf16 vs fp32 {agree:.1%} "
               f"(fp32 top-1 accuracy {acc:.1%}, chance {1 / len(bank32):.1%})")

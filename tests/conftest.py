@@ -54,3 +54,15 @@ def photos(tmp_path_factory) -> list[Path]:
     from helpers import make_photos
 
     return make_photos(tmp_path_factory.mktemp("photos"))
+
+
+@pytest.fixture
+def images(request) -> list[bytes]:
+    """Twelve distinct JPEGs to serve over HTTP: real bio-mini photos when the corpus is here."""
+    from data_helpers import tiny_jpegs
+
+    try:
+        root = request.getfixturevalue("bio_mini")
+    except pytest.skip.Exception:
+        root = None
+    return tiny_jpegs(12, root)

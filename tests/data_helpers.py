@@ -84,3 +84,17 @@ def bio_mini_subset(bio_mini: Path, out: Path, per_set: int = 12, sets=("apple",
                 if n >= per_set:
                     break
     return out
+
+
+def tiny_jpegs(n: int, bio_mini: Path | None = None) -> list[bytes]:
+    """n distinct JPEGs: real photos from bio-mini when given, else generated 64x48 pictures."""
+    if bio_mini is not None:
+        out = []
+        for shard in sorted(bio_mini.glob("*/*.tar")):
+            with tarfile.open(shard) as tar:
+                for m in tar:
+                    if m.name.endswith(".jpg"):
+                        out.append(tar.extractfile(m).read())
+                        if len(out) == n:
+                            return out
+    return [jpeg(photo(seed)) for seed in range(n)]

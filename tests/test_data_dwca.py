@@ -264,17 +264,13 @@ def test_malformed_archives_name_the_file(tmp_path, case, message):
         assert str(root) in str(err.value)
 
 
-def test_archive_images_fetched_from_a_local_server(tmp_path, request):
+def test_archive_images_fetched_from_a_local_server(tmp_path, images):
     """The issue's check: 404s, slow answers, 429-then-OK and a redirect; every reachable image once."""
     pytest.importorskip("aiohttp")
-    from test_data_fetch import ImageServer, tiny_jpegs
+    from test_data_fetch import ImageServer
 
     from taxoclip.data.fetch import fetch_all
 
-    try:
-        images = tiny_jpegs(7, request.getfixturevalue("bio_mini"))
-    except pytest.skip.Exception:
-        images = tiny_jpegs(7)
     with ImageServer(images) as srv:
         routes = {1: "img", 2: "missing", 3: "slow", 4: "flaky", 5: "redirect", 6: "img"}
         archive = gbif_archive(tmp_path / "gbif", lambda i: srv.url(routes[i], i))
@@ -293,18 +289,14 @@ def test_archive_images_fetched_from_a_local_server(tmp_path, request):
         assert len(again) == 6 and srv.hits == before  # the re-run is served from the journal
 
 
-def test_build_gets_every_reachable_image_once_and_reports_the_rest(tmp_path, request):
+def test_build_gets_every_reachable_image_once_and_reports_the_rest(tmp_path, images):
     """`taxoclip data build` on a served archive: 404s, slow answers, 429-then-OK, a redirect, a hang."""
     pytest.importorskip("aiohttp")
-    from test_data_fetch import ImageServer, tiny_jpegs
+    from test_data_fetch import ImageServer
 
     from taxoclip.data.build import BuildConfig, BuildOptions, build
     from taxoclip.data.imaging import ImageSpec
 
-    try:
-        images = tiny_jpegs(7, request.getfixturevalue("bio_mini"))
-    except pytest.skip.Exception:
-        images = tiny_jpegs(7)
     routes = ["img", "img", "missing", "slow", "flaky", "redirect", "hang"]
     occ_terms = [DWC + "occurrenceID", DWC + "kingdom", DWC + "genus", DWC + "specificEpithet"]
     with ImageServer(images, hang=3.0) as srv:

@@ -7,15 +7,12 @@ journal asks the network for nothing it already has.
 from __future__ import annotations
 
 import collections
-import io
 import subprocess
 import sys
-import tarfile
 import textwrap
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -26,29 +23,6 @@ from taxoclip.data.fetch import FetchJournal, FetchStats, fetch_all  # noqa: E40
 from taxoclip.data.records import Record  # noqa: E402
 from taxoclip.errors import InputError  # noqa: E402
 from taxoclip.taxonomy import Taxon  # noqa: E402
-
-
-def tiny_jpegs(n: int, bio_mini: Path | None = None) -> list[bytes]:
-    """n distinct JPEGs: real photos from bio-mini when given, else generated 64x48 pictures."""
-    if bio_mini is not None:
-        out = []
-        for shard in sorted(bio_mini.glob("*/*.tar")):
-            with tarfile.open(shard) as tar:
-                for m in tar:
-                    if m.name.endswith(".jpg"):
-                        out.append(tar.extractfile(m).read())
-                        if len(out) == n:
-                            return out
-    from PIL import Image
-
-    out = []
-    for i in range(n):
-        img = Image.linear_gradient("L").resize((64, 48)).convert("RGB")
-        img.paste((i * 37 % 256, i * 91 % 256, i * 53 % 256), (i % 40, 0, i % 40 + 24, 24))
-        buf = io.BytesIO()
-        img.save(buf, "JPEG")
-        out.append(buf.getvalue())
-    return out
 
 
 class _Server(ThreadingHTTPServer):
@@ -149,15 +123,6 @@ def _record(url: str | None, i: int = 0, image: bytes | None = None) -> Record:
 
 
 FAST = dict(concurrency=8, per_host_rate=None, timeout=1.0, retries=2, backoff=0.05, max_bytes=1 << 20)
-
-
-@pytest.fixture
-def images(request) -> list[bytes]:
-    try:
-        root = request.getfixturevalue("bio_mini")
-    except pytest.skip.Exception:
-        root = None
-    return tiny_jpegs(12, root)
 
 
 def test_every_reachable_image_once_and_the_rest_reported(tmp_path, images):

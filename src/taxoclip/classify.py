@@ -99,8 +99,8 @@ class _Base:
             raise InputError("; ".join(problems))
         for p in problems:
             log.warning(p)
-        return ImageLoader(refs, self.model.preprocess, batch_size=batch_size or self.batch_size,
-                           workers=_workers(self.workers, self.model.device), draft=self.model.dtype != torch.float32)
+        return _image_loader(refs, self.model.preprocess, self.model.device, self.model.dtype,
+                             batch_size or self.batch_size, self.workers)
 
     def _maybe_compile(self, n_images: int, batch_size: int) -> None:
         want = self.compile if isinstance(self.compile, bool) else (
@@ -318,12 +318,14 @@ def start_loader(inputs: Iterable, *, model: str = "bioclip-2", pretrained: str 
     if not refs:
         return None, problems
     preprocess = ImagePreprocess.from_config(resolve(model, pretrained).preprocess_cfg)
-    # JPEG draft decoding belongs to the reduced-precision path; fp32 stays faithful to pybioclip.
     dev = resolve_device(device)
-    draft = resolve_precision(precision, dev) != torch.float32
-    return ImageLoader(refs, preprocess, batch_size=batch_size or default_batch_size(dev),
-                       workers=_workers(workers, dev), draft=draft).start(), problems
+    return _image_loader(refs, preprocess, dev, resolve_precision(precision, dev), batch_size, workers).start(), problems
 
 
-def _workers(workers: int | None, device: torch.device) -> int:
-    return default_workers(accelerator=device.type != "cpu") if workers is None else workers
+def _image_loader(refs: Sequence[ImageRef], preprocess, device: torch.device, dtype: torch.dtype,
+                  batch_size: int | None, workers: int | None) -> ImageLoader:
+    """The loader for a model on `device` in `dtype`: batch size and decoding workers suit the device;
+    JPEG draft decoding belongs to the reduced-precision path (fp32 stays faithful to pybioclip)."""
+    return ImageLoader(refs, preprocess, batch_size=batch_size or default_batch_size(device),
+                       workers=default_workers(accelerator=device.type != "cpu") if workers is None else workers,
+                       draft=dtype != torch.float32)

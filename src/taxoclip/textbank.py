@@ -344,12 +344,13 @@ class TextBank:
         `model` is a loaded model or a model id (only its card is read).
         `dtype` defaults to the model's precision (bf16 on most CPUs, fp32 for exact runs).
         """
-        from .models import find_card
+        from .models import find_card, resolve
 
         card = find_card(model) if isinstance(model, str) else getattr(model, "card", None)
         model_id = model if isinstance(model, str) else getattr(model, "id", None)
-        if source is None and not (card and card.vocabulary_repo):
-            source = _own_vocabulary(model)
+        if source is None and not (card and card.vocabulary_repo) and model is not None:
+            # a model directory's own embeddings/ (what `taxoclip train export` writes)
+            source = (resolve(model) if isinstance(model, str) else model.source).vocabulary
         npy, names = _published_files(source, card, model_id)
         loaded = model if not isinstance(model, str) else None
         dtype = dtype or (loaded.dtype if loaded is not None else torch.float32)
@@ -530,16 +531,6 @@ def _write_bank(out: Path, emb: torch.Tensor, table: pd.DataFrame, dtype: torch.
     raw.tofile(out / "embeddings.bin")
     table.to_parquet(out / "taxa.parquet", index=False)
     (out / "meta.json").write_text(json.dumps({"shape": list(arr.shape), "dtype": str(dtype).replace("torch.", "")}))
-
-
-def _own_vocabulary(model) -> Path | None:
-    """The `embeddings/` folder a model directory carries (what `taxoclip train export` writes)."""
-    if isinstance(model, str):
-        path = Path(model.removeprefix("local-dir:")).expanduser()
-        folder = path / "embeddings" if path.is_dir() else None
-    else:
-        folder = getattr(getattr(model, "source", None), "vocabulary", None)
-    return folder if folder is not None and (folder / EMB_FILE).is_file() else None
 
 
 def _published_files(source, card, model_id) -> tuple[Path, Path]:

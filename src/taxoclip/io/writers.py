@@ -1,18 +1,22 @@
 """Result writers: CSV (pybioclip's columns), a terminal table, JSON lines, Parquet and JSON.
 
 Writers take rows (dicts) as they are produced. CSV and JSON lines reach the file at once,
-so a run that is killed keeps everything written so far; Parquet and JSON are assembled in
-a temporary file and renamed into place when the run ends.
+so a run that is killed keeps everything written so far; Parquet, JSON and table files are
+assembled in a temporary file and renamed into place when the run ends.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import math
 import os
 import sys
 from pathlib import Path
-from typing import IO, Callable, Iterable, Sequence
+from typing import IO, Callable, Iterable, Iterator, Sequence
+
+from ..durable import atomic_file
 
 __all__ = ["WRITERS", "open_writer", "format_for", "ResultWriter"]
 
@@ -30,6 +34,18 @@ class ResultWriter:
             return sys.stdout
         self.target.parent.mkdir(parents=True, exist_ok=True)
         return open(self.target, "w", newline="", encoding="utf-8")
+
+    @contextlib.contextmanager
+    def _whole_text(self) -> Iterator[IO[str]]:
+        """For output written in one go at the end: stdout, or a file replaced atomically."""
+        if self.target is None:
+            yield sys.stdout
+            return
+        with atomic_file(self.target) as fh:
+            f = io.TextIOWrapper(fh, encoding="utf-8", newline="")
+            yield f
+            f.flush()
+            f.detach()  # atomic_file closes (and fsyncs) the binary file
 
     def write(self, rows: Iterable[dict]) -> None:
         raise NotImplementedError
@@ -60,44 +76,46 @@ def _cell(v) -> str:
     return repr(v) if isinstance(v, float) else str(v)
 
 
+class _StreamingWriter(ResultWriter):
+    """Each row reaches the file as it is written, so a killed run keeps what it has done."""
+
+    def __init__(self, target, columns):
+        super().__init__(target, columns)
+        self._f = self._open_text()
+
+    def _write_row(self, row: dict) -> None:
+        raise NotImplementedError
+
+    def write(self, rows):
+        for r in rows:
+            self._write_row(r)
+            self.count += 1
+        self._f.flush()
+
+    def close(self):
+        if self._f is not sys.stdout:
+            self._f.close()
+
+
 @register("csv")
-class CsvWriter(ResultWriter):
+class CsvWriter(_StreamingWriter):
     """Comma-separated, a header row, floats at full precision (as pandas writes them)."""
 
     def __init__(self, target, columns):
         super().__init__(target, columns)
-        self._f = self._open_text()
         self._w = csv.writer(self._f, lineterminator="\n")
         self._w.writerow(self.columns)
 
-    def write(self, rows):
-        for r in rows:
-            self._w.writerow([_cell(r.get(c)) for c in self.columns])
-            self.count += 1
-        self._f.flush()
-
-    def close(self):
-        if self._f is not sys.stdout:
-            self._f.close()
+    def _write_row(self, row):
+        self._w.writerow([_cell(row.get(c)) for c in self.columns])
 
 
 @register("jsonl")
-class JsonLinesWriter(ResultWriter):
+class JsonLinesWriter(_StreamingWriter):
     """One JSON object per line: easy to stream into other tools."""
 
-    def __init__(self, target, columns):
-        super().__init__(target, columns)
-        self._f = self._open_text()
-
-    def write(self, rows):
-        for r in rows:
-            self._f.write(json.dumps({c: r.get(c) for c in self.columns if c in r}, ensure_ascii=False) + "\n")
-            self.count += 1
-        self._f.flush()
-
-    def close(self):
-        if self._f is not sys.stdout:
-            self._f.close()
+    def _write_row(self, row):
+        self._f.write(json.dumps({c: row.get(c) for c in self.columns if c in row}, ensure_ascii=False) + "\n")
 
 
 @register("table")
@@ -121,19 +139,12 @@ class TableWriter(ResultWriter):
         out = [line, "| " + " | ".join(c.ljust(w) for c, w in zip(cols, widths)) + " |", line]
         out += ["| " + " | ".join(row[i].ljust(w) for i, w in zip(keep, widths)) + " |" for row in self._rows]
         out.append(line)
-        f = self._open_text()
-        f.write("\n".join(out) + "\n")
-        if f is not sys.stdout:
-            f.close()
-
-
-class _AtomicFile(ResultWriter):
-    def _tmp(self) -> Path:
-        return self.target.with_name(f".{self.target.name}.partial")
+        with self._whole_text() as f:
+            f.write("\n".join(out) + "\n")
 
 
 @register("parquet")
-class ParquetWriter(_AtomicFile):
+class ParquetWriter(ResultWriter):
     """Columnar output for large runs; row groups are flushed as results arrive."""
 
     def __init__(self, target, columns):
@@ -143,6 +154,7 @@ class ParquetWriter(_AtomicFile):
         self.target.parent.mkdir(parents=True, exist_ok=True)
         self._pending: list[dict] = []
         self._writer = None
+        self._tmp = self.target.with_name(f".{self.target.name}.partial")
 
     def write(self, rows):
         self._pending.extend(rows)
@@ -158,7 +170,7 @@ class ParquetWriter(_AtomicFile):
         table = pa.Table.from_pylist([{c: r.get(c) for c in self.columns} for r in self._pending],
                                      schema=self._writer.schema if self._writer else None)
         if self._writer is None:
-            self._writer = pq.ParquetWriter(self._tmp(), table.schema)
+            self._writer = pq.ParquetWriter(self._tmp, table.schema)
         self._writer.write_table(table)
         self.count += len(self._pending)
         self._pending = []
@@ -168,11 +180,11 @@ class ParquetWriter(_AtomicFile):
             import pyarrow as pa
             import pyarrow.parquet as pq
 
-            pq.write_table(pa.table({c: pa.array([], pa.string()) for c in self.columns}), self._tmp())
+            pq.write_table(pa.table({c: pa.array([], pa.string()) for c in self.columns}), self._tmp)
         else:
             self._flush()
             self._writer.close()
-        os.replace(self._tmp(), self.target)
+        os.replace(self._tmp, self.target)
 
 
 @register("json")
@@ -190,11 +202,9 @@ class JsonWriter(ResultWriter):
             self.count += 1
 
     def close(self):
-        f = self._open_text()
-        json.dump({**self.header, "embeddings": self._items}, f, indent=4)
-        f.write("\n")
-        if f is not sys.stdout:
-            f.close()
+        with self._whole_text() as f:
+            json.dump({**self.header, "embeddings": self._items}, f, indent=4)
+            f.write("\n")
 
 
 def format_for(output: str | None, fmt: str | None, default: str = "csv") -> str:

@@ -40,9 +40,12 @@ def class_texts(taxon: Taxon, texts: Sequence[str], templates: str) -> list[str]
 
 
 def load_taxa(spec: str, train_shards: Sequence[str], train_split: str, seen: list[Taxon]) -> list[Taxon]:
-    """The candidate classes: a taxa table, the training data's taxa ("train"), or those seen."""
+    """The candidate classes: a taxa table, the training data's taxa ("train"), or those seen
+    (alone with "" or "none")."""
     taxa: dict[Taxon, None] = {}
-    if spec == "train":
+    if spec == "none":
+        pass
+    elif spec == "train":
         shards = find_shards(train_shards, train_split)
         for url in shards.urls:
             keys = shards.keys_for(url)

@@ -48,7 +48,8 @@ class _StateOnly(nn.Module):
 
 
 def export_model(state: dict[str, torch.Tensor], model_cfg: dict, preprocess_cfg: dict, out_dir: str | Path,
-                 tokenizer_dir: str = "") -> Path:
+                 tokenizer_dir: str = "", *, taxa: Sequence[Taxon] = (), device: str = "auto") -> Path:
+    """Write the open_clip layout; with `taxa`, also the model's own vocabulary (`embeddings/`)."""
     from ..models import save_model
 
     cfg = copy.deepcopy(model_cfg)
@@ -62,16 +63,9 @@ def export_model(state: dict[str, torch.Tensor], model_cfg: dict, preprocess_cfg
             src = Path(tokenizer_dir) / name
             if src.is_file():
                 shutil.copy2(src, out / name)
+    if taxa:
+        export_vocabulary(out, taxa, device)
     return out
-
-
-def vocabulary_taxa(spec: str, train_shards: list[str], train_split: str) -> list[Taxon]:
-    """The taxa of an exported vocabulary: "train" (the training data's), "none", or a taxa table."""
-    if spec in ("", "none"):
-        return []
-    from .evaluate import load_taxa
-
-    return load_taxa(spec, train_shards, train_split, [])
 
 
 def export_vocabulary(model_dir: str | Path, taxa: Sequence[Taxon], device: str = "auto") -> Path:
@@ -90,12 +84,11 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, vocabulary: s
 
     `vocabulary`: "train" (the taxa of the run's training data), "none", or a taxa table.
     """
-    path = find_checkpoint(checkpoint)
-    ck = load_checkpoint(path)
+    from .evaluate import load_taxa
+
+    ck = load_checkpoint(find_checkpoint(checkpoint))
     meta = ck["meta"]
-    out = export_model(ck["model"], meta["model_cfg"], meta["preprocess_cfg"], out_dir, meta.get("tokenizer_dir", ""))
     data = meta.get("config", {}).get("data", {})
-    taxa = vocabulary_taxa(vocabulary, data.get("train", []), data.get("split", "train"))
-    if taxa:
-        export_vocabulary(out, taxa)
-    return out
+    taxa = load_taxa(vocabulary, data.get("train", []), data.get("split", "train"), [])
+    return export_model(ck["model"], meta["model_cfg"], meta["preprocess_cfg"], out_dir, meta.get("tokenizer_dir", ""),
+                        taxa=taxa)

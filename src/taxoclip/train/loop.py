@@ -527,13 +527,12 @@ def _export(trainer: Trainer, cfg: TrainConfig, info: DistInfo, out: Path, prepr
     state = trainer.model_state()  # collective under FSDP
     if not info.main:
         return None
-    from .export import export_model, export_vocabulary, vocabulary_taxa
+    from .evaluate import load_taxa
+    from .export import export_model
 
-    path = export_model(state, trainer.built.model_cfg, preprocess_cfg, out / "export", trainer.built.tokenizer_dir)
-    taxa = vocabulary_taxa(cfg.export_vocabulary, cfg.data.train, cfg.data.split)
-    if taxa:
-        export_vocabulary(path, taxa, device=str(info.device))
-    return path
+    taxa = load_taxa(cfg.export_vocabulary, cfg.data.train, cfg.data.split, [])
+    return export_model(state, trainer.built.model_cfg, preprocess_cfg, out / "export", trainer.built.tokenizer_dir,
+                        taxa=taxa, device=str(info.device))
 
 
 def _evaluate(evaluator, trainer: Trainer) -> dict:
