@@ -6,8 +6,8 @@
 Prints
   * fp32 and bf16 TFLOP/s of a large matrix product (the bf16 / fp32 ratio bounds what bf16
     inference can gain over pybioclip's fp32: ~6x on AMX CPUs, ~2x with AVX512-BF16 alone);
-  * bioclip-2's ViT-L/14 image tower in bf16, photos/s for each batch size (why the CPU
-    default is 8 per call) and as a fraction of the bf16 peak (162 GFLOP per photo);
+  * bioclip-2's ViT-L/14 image tower in bf16, photos/s for each batch size and as a fraction
+    of the bf16 peak (162 GFLOP per photo);
   * one scan of the 867,455-taxon vocabulary for 16 photos (top-5 with exact softmax).
 Together with pybioclip's photos/s from bench_predict.py, they give the ceiling of the
 steady-state ratio on this machine.

@@ -36,6 +36,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from itertools import islice
 from pathlib import Path
 
 from PIL import Image, ImageEnhance
@@ -104,6 +105,11 @@ def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
+def add_sample(tar: tarfile.TarFile, key: str, jpeg: bytes, meta: bytes) -> None:
+    add(tar, f"{key}.jpg", jpeg)
+    add(tar, f"{key}.json", meta)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bio-mini", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "bio-mini"))
@@ -137,28 +143,18 @@ def main() -> int:
     eval_dir.mkdir(exist_ok=True)
     train_dir.mkdir(exist_ok=True)
     planted: dict[str, str] = {}  # planted key -> evaluation key
-    n_eval = 0
+    n_eval = n_train = 0
     with tarfile.open(eval_dir / "eval-000.tar", "w") as etar, tarfile.open(train_dir / "planted-000.tar", "w") as ptar:
-        for key, data, meta in samples(eval_shards):
-            if args.limit and n_eval >= args.limit:
-                break
-            n_eval += 1
-            add(etar, f"{key}.jpg", data)
-            add(etar, f"{key}.json", meta)
+        for n_eval, (key, data, meta) in enumerate(islice(samples(eval_shards), args.limit or None), 1):
+            add_sample(etar, key, data, meta)
             img = Image.open(io.BytesIO(data))
             for kind in kinds:
                 pkey = f"planted-{kind}-{key}"
                 planted[pkey] = key
-                add(ptar, f"{pkey}.jpg", plant(img, kind, rng))
-                add(ptar, f"{pkey}.json", meta)
-    n_train = 0
+                add_sample(ptar, pkey, plant(img, kind, rng), meta)
     with tarfile.open(train_dir / "train-000.tar", "w") as ttar:
-        for key, data, meta in samples(train_shards):
-            if args.train_limit and n_train >= args.train_limit:
-                break
-            n_train += 1
-            add(ttar, f"{key}.jpg", data)
-            add(ttar, f"{key}.json", meta)
+        for n_train, (key, data, meta) in enumerate(islice(samples(train_shards), args.train_limit or None), 1):
+            add_sample(ttar, key, data, meta)
 
     out = work / "out"
     start = time.perf_counter()

@@ -12,9 +12,10 @@ __all__ = ["resolve_device", "resolve_precision", "default_batch_size", "DTYPES"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PRECISIONS = ("auto", *DTYPES)
 DEVICES = ("auto", "cpu", "cuda", "mps")
-# Images per model call. On CPUs larger batches only add cache misses: ViT-L/14 in bf16 runs
-# at ~2.0 images/s with 4-16 images per call and 1.5 with 32 (bench: 2-core EPYC). GPUs
-# want large batches to fill their cores.
+# Images per model call. On CPUs larger batches only add cache misses, smaller ones repeat the
+# vocabulary scan (0.4 s each): `taxoclip predict` of ViT-L/14 in bf16 ran at 1.69 photos/s
+# with 8 per call, 1.80 with 16 and 1.49 with 32 (bench/bench_predict.py, 2-core EPYC; the
+# tower alone, bench/cpu_ceiling.py: 2.1-2.2, 1.9 and 1.5-1.7). GPUs want large batches.
 BATCH_SIZES = {"cpu": 16, "cuda": 128, "mps": 32}
 
 
