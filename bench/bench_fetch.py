@@ -30,8 +30,8 @@ two identical modes (taxoclip shorter-side, img2dataset keep_ratio). Both tools 
 fully processed: taxoclip's written + removed as duplicates, img2dataset's written.
 
 img2dataset is looked for in --img2dataset, $IMG2DATASET, then PATH; install it in its own
-virtualenv (`python -m venv /work/venv-img2dataset && /work/venv-img2dataset/bin/pip install
-img2dataset`): it pins an old webdataset that would break taxoclip's environment. Timings on a
+virtualenv (`python -m venv ../venv-img2dataset && ../venv-img2dataset/bin/pip install
+img2dataset`, found there too): it pins an old webdataset that would break taxoclip's environment. Timings on a
 shared 2-core machine are noisy; use --repeat to take the best of several runs (the tools take
 turns, so a change in the machine's load hits them alike).
 """
@@ -227,8 +227,8 @@ def count_tar_images(folder: Path) -> int:
 
 
 def find_img2dataset(arg: str | None) -> str | None:
-    for cand in (arg, os.environ.get("IMG2DATASET"), shutil.which("img2dataset"),
-                 "/work/venv-img2dataset/bin/img2dataset"):
+    beside = Path(__file__).resolve().parents[2] / "venv-img2dataset" / "bin" / "img2dataset"
+    for cand in (arg, os.environ.get("IMG2DATASET"), shutil.which("img2dataset"), str(beside)):
         if cand and Path(cand).exists():
             return cand
     return None

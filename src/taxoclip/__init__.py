@@ -1,7 +1,8 @@
 """taxoclip: identify species across the tree of life from photos (BioCLIP 2 and friends).
 
     >>> from taxoclip import TreeOfLifeClassifier, Rank
-    >>> clf = TreeOfLifeClassifier()                       # bioclip-2 + TreeOfLife-200M vocabulary
+    >>> clf = TreeOfLifeClassifier()                       # bundled taxoclip-mini + tol-mini (offline)
+    >>> clf = TreeOfLifeClassifier("bioclip-2")            # BioCLIP 2 + TreeOfLife-200M vocabulary
     >>> clf.predict(["fox.jpg"], rank=Rank.SPECIES, k=5)   # list of dicts, pybioclip's keys
 
 Heavy modules load on first use so `taxoclip --help` stays instant.

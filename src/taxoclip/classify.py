@@ -24,7 +24,8 @@ import torch
 
 from .errors import InputError
 from .io.images import ImageLoader, ImageRef, default_workers, find_images
-from .models import ClipModel, default_batch_size, load_model, resolve, resolve_device, resolve_precision
+from .models import (DEFAULT_MODEL, ClipModel, default_batch_size, load_model, resolve, resolve_device,
+                     resolve_precision)
 from .models.preprocess import ImagePreprocess
 from .taxonomy import RANKS, Rank
 from .textbank import RANK_COLUMNS, TextBank, read_subset_csv
@@ -77,11 +78,11 @@ class _Base:
     def __init__(self, model: str | ClipModel | None = None, *, pretrained: str | None = None, device: str = "auto",
                  precision: str = "auto", batch_size: int | None = None, workers: int | None = None,
                  compile: str | bool = "auto", model_str: str | None = None, pretrained_str: str | None = None):
-        model = model if model is not None else (model_str or "bioclip-2")  # pybioclip's keyword names
+        model = model if model is not None else (model_str or DEFAULT_MODEL)  # pybioclip's keyword names
         pretrained = pretrained or pretrained_str
         self.model = model if isinstance(model, ClipModel) else load_model(
             model, pretrained=pretrained, device=device, precision=precision, text=self.needs_text)
-        self.batch_size = batch_size or default_batch_size(self.model.device)
+        self.batch_size = batch_size or _batch_size(self.model.card, self.model.device)
         self.workers = workers
         self.compile = compile
 
@@ -100,11 +101,12 @@ class _Base:
         for p in problems:
             log.warning(p)
         return _image_loader(refs, self.model.preprocess, self.model.device, self.model.dtype,
-                             batch_size or self.batch_size, self.workers)
+                             batch_size or self.batch_size, self.workers, self.model.card)
 
     def _maybe_compile(self, n_images: int, batch_size: int) -> None:
         want = self.compile if isinstance(self.compile, bool) else (
-            self.compile == "yes" or (self.compile == "auto" and n_images >= COMPILE_MIN_IMAGES))
+            self.compile == "yes" or (self.compile == "auto" and n_images >= COMPILE_MIN_IMAGES
+                                      and (self.model.card is None or self.model.card.compile_auto)))
         if want and self.model._compiled_batch is None:
             log.info("compiling the image tower for batch size %d", batch_size)
             self.model.compile(batch_size)
@@ -295,7 +297,7 @@ class ImageEmbedder(_Base):
                 yield ref.name, vecs.get(i), errors.get(i)
 
 
-def embed_images(images: Images, model: str | ClipModel = "bioclip-2", *, normalize: bool = False,
+def embed_images(images: Images, model: str | ClipModel = DEFAULT_MODEL, *, normalize: bool = False,
                  **kwargs) -> tuple[list[str], np.ndarray]:
     """(names, [N, D] float32) for the readable images; unreadable ones are logged and skipped."""
     names, vecs = [], []
@@ -308,7 +310,7 @@ def embed_images(images: Images, model: str | ClipModel = "bioclip-2", *, normal
     return names, (np.stack(vecs) if vecs else np.zeros((0, 0), dtype=np.float32))
 
 
-def start_loader(inputs: Iterable, *, model: str = "bioclip-2", pretrained: str | None = None, device: str = "auto",
+def start_loader(inputs: Iterable, *, model: str = DEFAULT_MODEL, pretrained: str | None = None, device: str = "auto",
                  precision: str = "auto", batch_size: int | None = None,
                  workers: int | None = None) -> tuple[ImageLoader | None, list[str]]:
     """Find the images and start decoding them before the model is loaded (front ends call this
@@ -317,15 +319,26 @@ def start_loader(inputs: Iterable, *, model: str = "bioclip-2", pretrained: str 
     refs, problems = find_images(inputs)
     if not refs:
         return None, problems
-    preprocess = ImagePreprocess.from_config(resolve(model, pretrained).preprocess_cfg)
+    source = resolve(model, pretrained)
+    preprocess = ImagePreprocess.from_config(source.preprocess_cfg)
     dev = resolve_device(device)
-    return _image_loader(refs, preprocess, dev, resolve_precision(precision, dev), batch_size, workers).start(), problems
+    loader = _image_loader(refs, preprocess, dev, resolve_precision(precision, dev), batch_size, workers, source.card)
+    return loader.start(), problems
+
+
+def _batch_size(card, device: torch.device) -> int:
+    """Images per model call: a model card's own CPU figure (small models want larger batches), else the device's."""
+    if card is not None and card.batch_size and device.type == "cpu":
+        return card.batch_size
+    return default_batch_size(device)
 
 
 def _image_loader(refs: Sequence[ImageRef], preprocess, device: torch.device, dtype: torch.dtype,
-                  batch_size: int | None, workers: int | None) -> ImageLoader:
+                  batch_size: int | None, workers: int | None, card=None) -> ImageLoader:
     """The loader for a model on `device` in `dtype`: batch size and decoding workers suit the device;
-    JPEG draft decoding belongs to the reduced-precision path (fp32 stays faithful to pybioclip)."""
-    return ImageLoader(refs, preprocess, batch_size=batch_size or default_batch_size(device),
+    JPEG draft decoding belongs to the reduced-precision path (fp32 stays faithful to pybioclip), or
+    to models whose card asks for it (small inputs, where full-size decoding would dominate)."""
+    draft = card.draft_decode if card is not None and card.draft_decode is not None else dtype != torch.float32
+    return ImageLoader(refs, preprocess, batch_size=batch_size or _batch_size(card, device),
                        workers=default_workers(accelerator=device.type != "cpu") if workers is None else workers,
-                       draft=dtype != torch.float32)
+                       draft=draft)

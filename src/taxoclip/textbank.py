@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 RANK_COLUMNS = ["kingdom", "phylum", "class", "order", "family", "genus", "species_epithet"]
 TAXA_COLUMNS = RANK_COLUMNS + ["common_name"]
 EMB_FILE, NAMES_FILE = "txt_emb_species.npy", "txt_emb_species.json"
+# The compact layout a bundled model ships: int8 rows with one float32 scale each, and the taxa table.
+COMPACT_EMB, COMPACT_TAXA = "vocabulary.safetensors", "vocabulary.parquet"
 CHUNK_ROWS = 65536
 _STORAGE = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.uint16}
 
@@ -324,6 +326,30 @@ class TextBank:
             fh.write(json.dumps(entries, ensure_ascii=False).encode("utf-8"))
         return folder
 
+    def save_compact(self, folder: str | os.PathLike) -> Path:
+        """Write the bank as int8 rows with a scale each (`vocabulary.safetensors`) and its table
+        (`vocabulary.parquet`): a quarter of float32's size, for vocabularies shipped in a package.
+
+        Rows are L2-normalised, so symmetric per-row quantisation keeps each cosine within ~1e-3.
+        """
+        from safetensors.torch import save_file
+
+        from .durable import atomic_file
+
+        if not self.is_taxonomic:
+            raise VocabularyError(f"bank {self.name} holds labels, not taxa; a vocabulary needs ranks")
+        emb = self.embeddings(torch.float32)
+        scales = emb.abs().amax(dim=1).clamp_min(1e-12) / 127.0
+        q = torch.round(emb / scales[:, None]).clamp_(-127, 127).to(torch.int8)
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / (COMPACT_EMB + ".tmp")
+        save_file({"embeddings": q.contiguous(), "scales": scales.float().contiguous()}, str(tmp))
+        tmp.replace(folder / COMPACT_EMB)
+        with atomic_file(folder / COMPACT_TAXA) as fh:
+            self.table[TAXA_COLUMNS].to_parquet(fh, index=False, compression="zstd")
+        return folder
+
     # ----- constructors ----------------------------------------------------------------------
     @classmethod
     def from_arrays(cls, embeddings: np.ndarray | torch.Tensor, table: pd.DataFrame | Sequence[str],
@@ -351,18 +377,22 @@ class TextBank:
         if source is None and not (card and card.vocabulary_repo) and model is not None:
             # a model directory's own embeddings/ (what `taxoclip train export` writes)
             source = (resolve(model) if isinstance(model, str) else model.source).vocabulary
-        npy, names = _published_files(source, card, model_id)
         loaded = model if not isinstance(model, str) else None
         dtype = dtype or (loaded.dtype if loaded is not None else torch.float32)
         if dtype not in _STORAGE:
             raise VocabularyError(f"unsupported bank dtype {dtype}")
         from .models.loading import file_fingerprint
 
-        key = hash_key("published", file_fingerprint(npy), file_fingerprint(names), str(dtype))
+        compact = _compact_files(source)
+        if compact is not None:
+            files, kind, convert = compact, "compact", _convert_compact
+        else:
+            files, kind, convert = _published_files(source, card, model_id), "published", _convert_published
+        key = hash_key(kind, *[file_fingerprint(f) for f in files], str(dtype))
         with cache_entry("banks", key) as (final, tmp):
             if tmp is not None:
-                _convert_published(npy, names, tmp, dtype)
-        bank = cls._open(final, name=str(source or (card.vocabulary_repo if card else npy)))
+                convert(*files, tmp, dtype)
+        bank = cls._open(final, name=str(source or (card.vocabulary_repo if card else files[0])))
         if loaded is not None and bank.dim != loaded.embed_dim:
             raise VocabularyError(f"vocabulary {bank.name} has {bank.dim}-d embeddings but model {loaded.id} "
                                   f"makes {loaded.embed_dim}-d ones")
@@ -408,15 +438,25 @@ class TextBank:
 
     @classmethod
     def from_taxa(cls, model: "ClipModel", taxa: pd.DataFrame | str | os.PathLike | Sequence[Taxon], *,
-                  templates: Sequence[str] | str = "openai", name: str | None = None) -> "TextBank":
+                  templates: Sequence[str] | str | None = None, text: str | None = None,
+                  name: str | None = None, progress: bool | None = None) -> "TextBank":
         """A bank for any taxa table (CSV/Parquet with rank columns and `common_name`).
 
-        Each class text is "<7 ranks> <common name>", as in the published vocabularies.
+        Each class text is `text`: "vocabulary" ("<7 ranks> <common name>", as in the published
+        vocabularies) or a caption type (`taxon`, `taxon_com`, … as in training), through
+        `templates`. Both default to the model card's choice (published vocabularies: the
+        vocabulary text through the 80 OpenAI templates).
         """
+        from .taxonomy import render_caption
+
+        card = model.card
+        text = text or (card.vocabulary_text if card else "vocabulary")
+        templates = templates or (card.vocabulary_templates if card else "openai")
         label = name or (str(taxa) if isinstance(taxa, (str, os.PathLike)) else "taxa")
         taxa_list = _read_taxa(taxa)
         table = pd.DataFrame([{**dict(zip(RANK_COLUMNS, t.ranks)), "common_name": t.common} for t in taxa_list])
-        return cls.from_texts(model, [t.vocabulary_text for t in taxa_list], table, templates=templates, name=label)
+        texts = [t.vocabulary_text if text == "vocabulary" else render_caption(t, text) for t in taxa_list]
+        return cls.from_texts(model, texts, table, templates=templates, name=label, progress=progress)
 
 
 # ----- helpers -------------------------------------------------------------------------------
@@ -561,6 +601,36 @@ def _published_files(source, card, model_id) -> tuple[Path, Path]:
         return (hf_file(repo, f"embeddings/{EMB_FILE}", "dataset"), hf_file(repo, f"embeddings/{NAMES_FILE}", "dataset"))
     except FileNotFoundError as e:
         raise VocabularyError(f"vocabulary {repo}: {e}") from None
+
+
+def _compact_files(source) -> tuple[Path, Path] | None:
+    """The compact layout's two files, when `source` is a directory (or its `embeddings/`) holding them."""
+    if source is None:
+        return None
+    path = Path(str(source)).expanduser()
+    for d in (path, path / "embeddings"):
+        if (d / COMPACT_EMB).is_file() and (d / COMPACT_TAXA).is_file():
+            return d / COMPACT_EMB, d / COMPACT_TAXA
+    return None
+
+
+def _convert_compact(emb_path: Path, taxa_path: Path, out: Path, dtype: torch.dtype) -> None:
+    """int8 rows x scales -> the cache's row-major bank in `dtype`, renormalised."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(emb_path))
+        q, scales = tensors["embeddings"], tensors["scales"]
+        table = pd.read_parquet(taxa_path)
+    except (OSError, ValueError, KeyError, SafetensorError) as e:
+        raise VocabularyError(f"vocabulary {emb_path.parent} is damaged ({emb_path.name} / {taxa_path.name}: {e})") from None
+    if q.ndim != 2 or q.dtype != torch.int8 or scales.shape != (q.shape[0],) or len(table) != q.shape[0]:
+        raise VocabularyError(f"vocabulary {emb_path.parent} is damaged: {tuple(q.shape)} rows, "
+                              f"{tuple(scales.shape)} scales, {len(table)} taxa")
+    emb = torch.nn.functional.normalize(q.float() * scales[:, None], dim=1)
+    table = table[TAXA_COLUMNS].astype(object).fillna("")
+    _write_bank(out, emb, table, dtype)
 
 
 def _convert_published(npy: Path, names_path: Path, out: Path, dtype: torch.dtype) -> None:

@@ -18,9 +18,10 @@ def positive_int(text: str) -> int:
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="bioclip-2",
-                   help="model id: bioclip-2 (default), bioclip, hf-hub:ORG/NAME, a directory in the open_clip "
-                        "layout, or an open_clip name with --pretrained (see `taxoclip list-models`)")
+    g.add_argument("--model", default="taxoclip-mini",
+                   help="model id: taxoclip-mini (default, bundled, offline), bioclip-2, bioclip, hf-hub:ORG/NAME, "
+                        "a directory in the open_clip layout, or an open_clip name with --pretrained "
+                        "(see `taxoclip list-models`)")
     g.add_argument("--pretrained", help="pretrained tag or weights file, for open_clip model names")
     g.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],

@@ -13,7 +13,7 @@ def register(sub) -> None:
         p = sub.add_parser(name, **extra,
                            description="Print the taxa of a Tree-of-Life vocabulary as CSV (pybioclip's "
                                        "list-tol-taxa columns); with --rank, the distinct taxa at that rank.")
-        p.add_argument("--model", default="bioclip-2", help="model whose vocabulary to list (default bioclip-2)")
+        p.add_argument("--model", default="taxoclip-mini", help="model whose vocabulary to list (default taxoclip-mini)")
         p.add_argument("--vocabulary", help="a vocabulary to list instead (HF dataset id, directory or .npy)")
         p.add_argument("--rank", choices=RANK_NAMES, help="list distinct taxa at this rank, with counts")
         p.add_argument("--output", "-o", default="stdout", help="output file (default: standard output)")

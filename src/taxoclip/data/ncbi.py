@@ -5,8 +5,11 @@ taxonomy as memory-mapped tries: no network, about 1 ms a name. What is mapped, 
 deliberately left empty rather than guessed:
 
 - kingdom: Metazoa -> Animalia, Viridiplantae -> Plantae, Fungi -> Fungi; the superkingdoms
-  Bacteria, Archaea and Viruses become kingdoms as in GBIF. Other eukaryotes (NCBI has no
-  Chromista or Protozoa) get no kingdom.
+  Bacteria, Archaea and Viruses become kingdoms as in GBIF. NCBI has no Chromista or
+  Protozoa: eukaryotes in the clades GBIF's Chromista is made of (Sar, Haptista,
+  Cryptophyceae) become Chromista, those of its Protozoa (Amoebozoa, Discoba, Metamonada,
+  choanoflagellates and the small opisthokont and CRuMs lineages) Protozoa, and red and
+  glaucophyte algae Plantae, as in GBIF. Other eukaryotes get no kingdom.
 - phylum: NCBI's phylum, except Streptophyta, which GBIF splits: Tracheophyta, Bryophyta,
   Marchantiophyta and Anthocerotophyta (NCBI clades) when the lineage has one, Charophyta for
   the streptophyte algae; a name at or above Streptophyta itself resolves to nothing.
@@ -31,7 +34,7 @@ from __future__ import annotations
 import json
 import re
 from functools import lru_cache
-from typing import Any
+from typing import Any, Iterator
 
 from ..errors import TaxoclipError
 from ..taxonomy import Taxon, _canonical, normalize_kingdom
@@ -42,9 +45,19 @@ _INSTALL = "the NCBI backbone needs the optional extra: pip install 'taxoclip[nc
 _KINGDOMS = {"Metazoa": "Animalia", "Viridiplantae": "Plantae", "Fungi": "Fungi"}
 _SUPERKINGDOMS = {"Bacteria": "Bacteria", "Archaea": "Archaea", "Viruses": "Viruses"}
 _PLANT_PHYLA = ("Tracheophyta", "Bryophyta", "Marchantiophyta", "Anthocerotophyta")
+# NCBI clades -> GBIF's kingdoms for eukaryotes outside Metazoa, Viridiplantae and Fungi.
+_CLADE_KINGDOMS = {
+    **dict.fromkeys(("Sar", "Haptista", "Cryptophyceae"), "Chromista"),
+    **dict.fromkeys(("Amoebozoa", "Discoba", "Metamonada", "Choanoflagellata", "Apusozoa", "Breviatea",
+                     "CRuMs", "Ichthyosporea", "Filasterea", "Malawimonadida", "Ancyromonadida"), "Protozoa"),
+    **dict.fromkeys(("Rhodophyta", "Glaucocystophyceae"), "Plantae"),
+}
 _BELOW_SPECIES = {"subspecies", "varietas", "subvariety", "forma", "forma_specialis", "strain", "isolate",
                   "morph", "biotype", "genotype", "serotype", "serogroup", "pathogroup"}
 _RANK_INDEX = {"kingdom": 0, "phylum": 1, "class": 2, "order": 3, "family": 4, "genus": 5, "species": 6}
+_PLAIN_BINOMIAL = re.compile(r"^([A-Z][a-z]+) ([a-z]{2,})$")
+_NOT_EPITHETS = {"sp", "spp", "cf", "aff", "nr", "gen", "nov", "indet", "sect", "var", "subsp", "group", "complex",
+                 "clade", "environmental", "unclassified", "unidentified", "uncultured", "incertae", "sedis"}
 _BINOMIAL = re.compile(r"^([A-Z][a-z-]+) ((?:× |x )?[a-z][a-z-]+)$")
 
 
@@ -77,6 +90,38 @@ class NcbiBackbone:
         match in another kingdom.
         """
         return self._lookup(" ".join(str(scientific_name or "").split()), normalize_kingdom(kingdom) if kingdom else "")
+
+    def species(self) -> Iterator[tuple[int, Taxon, int]]:
+        """Every well-formed NCBI species: (tax id, seven ranks + common name, notability).
+
+        Well-formed: a species-rank node named by a plain binomial ("Genus epithet": no "sp.",
+        "cf.", hybrids, "uncultured …" or strain names), inside its genus, with a kingdom.
+        Notability orders what a vocabulary keeps first: 2 = has a Wikipedia description,
+        1 = has a common name, 0 = neither. Reads the whole name index (~2.6 M names, minutes).
+        """
+        tq = self._tq
+        desc_db = tq.Taxon._get_db(tq.Taxon, "description_pos")
+        genus_of = lru_cache(maxsize=1 << 18)(self._map)
+        for name in self._sn2t.keys():
+            match = _PLAIN_BINOMIAL.match(name)
+            if match is None or match.group(2) in _NOT_EPITHETS:
+                continue
+            tax_id = self._sn2t[name][0][0]
+            node = tq.Taxon(tax_id)
+            if node.rank.name != "species":
+                continue
+            parent = node.parent
+            if parent.rank.name == "genus" and parent.scientific_name == match.group(1):
+                genus = genus_of(parent.tax_id)  # species of one genus share everything above it
+                if genus is None:
+                    continue
+                taxon = Taxon(*genus.ranks[:6], match.group(2), common=_common_name(node))
+            else:
+                taxon = self._map(tax_id)
+            if taxon is None or not taxon.kingdom or not taxon.epithet:
+                continue
+            notability = 2 if str(tax_id) in desc_db else (1 if taxon.common else 0)
+            yield tax_id, taxon, notability
 
     # ----- internals -----------------------------------------------------------------------------
     def _lookup_uncached(self, name: str, kingdom: str) -> Taxon | None:
@@ -133,7 +178,8 @@ class NcbiBackbone:
         else:
             return None
 
-        kingdom = _SUPERKINGDOMS.get(ranks.get("superkingdom", "")) or _KINGDOMS.get(ranks.get("kingdom", ""), "")
+        kingdom = (_SUPERKINGDOMS.get(ranks.get("superkingdom", "")) or _KINGDOMS.get(ranks.get("kingdom", ""))
+                   or next((_CLADE_KINGDOMS[n] for n in names if n in _CLADE_KINGDOMS), ""))
         phylum = ranks.get("phylum", "")
         if phylum == "Streptophyta":
             phylum = next((p for p in _PLANT_PHYLA if p in names), "")

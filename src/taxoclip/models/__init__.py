@@ -1,6 +1,7 @@
 """Models: ids and the registry, loading in the open_clip layout, preprocessing, precision.
 
     >>> from taxoclip.models import load_model
+    >>> model = load_model()                       # taxoclip-mini, bundled with the package
     >>> model = load_model("bioclip-2")            # bf16 on CPUs that run it natively
     >>> model.encode_image(pixels)                  # [B, 768], L2-normalised
 """
@@ -11,7 +12,7 @@ from pathlib import Path
 import torch
 
 from .clip import ClipModel
-from .loading import ModelLoadError, ModelSource, hf_file, instantiate, resolve
+from .loading import BUNDLE_FIX, ModelLoadError, ModelSource, hf_file, instantiate, resolve
 from .preprocess import ImagePreprocess
 from .registry import ModelCard, find_card, list_cards, register
 from .runtime import configure_threads, default_batch_size, release_memory, resolve_device, resolve_precision
@@ -19,10 +20,10 @@ from .runtime import configure_threads, default_batch_size, release_memory, reso
 __all__ = [
     "ClipModel", "ModelCard", "ModelLoadError", "ModelSource", "ImagePreprocess",
     "load_model", "list_models", "resolve", "instantiate", "register", "find_card", "list_cards",
-    "resolve_device", "resolve_precision", "default_batch_size", "hf_file", "save_model",
+    "resolve_device", "resolve_precision", "default_batch_size", "hf_file", "save_model", "DEFAULT_MODEL",
 ]
 
-DEFAULT_MODEL = "bioclip-2"
+DEFAULT_MODEL = "taxoclip-mini"  # bundled: works offline from a fresh install
 
 
 def load_model(model_id: str = DEFAULT_MODEL, *, pretrained: str | None = None, device: str = "auto",
@@ -41,16 +42,20 @@ def load_model(model_id: str = DEFAULT_MODEL, *, pretrained: str | None = None, 
     except (OSError, RuntimeError, ValueError) as e:
         if isinstance(e, ModelLoadError):
             raise
-        raise ModelLoadError(f"model {model_id}: cannot read weights {source.weights}: {e}") from e
+        fix = f"; {BUNDLE_FIX}" if source.card and source.card.bundled else ""
+        raise ModelLoadError(f"model {model_id}: cannot read weights {source.weights}: {e}{fix}") from e
     release_memory()
     return model
 
 
-def list_models() -> list[str]:
-    """Registered aliases first, then every open_clip architecture name."""
-    import open_clip
+def list_models(architectures: bool = False) -> list[str]:
+    """Registered aliases (the bundled model first); with `architectures`, every open_clip name too."""
+    names = [c.name for c in list_cards()]
+    if architectures:
+        import open_clip
 
-    return [c.name for c in list_cards()] + list(open_clip.list_models())
+        names += list(open_clip.list_models())
+    return names
 
 
 def save_model(net: torch.nn.Module, model_cfg: dict, out_dir: str | Path, preprocess_cfg: dict | None = None) -> Path:

@@ -35,6 +35,9 @@ class ClipModel:
         self.logit_scale = float(ls.exp()) if ls is not None else 100.0
         self._text_loaded = text_loaded
         self._tokenizer = None
+        # Convolutional towers run ~1.6x faster on CPUs with NHWC tensors (oneDNN's native layout).
+        self._memory_format = torch.channels_last if _convolutional(net.visual) else torch.contiguous_format
+        net.visual.to(memory_format=self._memory_format)
         self._image_forward = net.visual
         self._compiled_batch: int | None = None
         self._lock = threading.Lock()
@@ -101,7 +104,7 @@ class ClipModel:
     def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """[B, 3, H, W] float pixels -> [B, D] float32 embeddings."""
         n = pixels.shape[0]
-        x = pixels.to(device=self.device, dtype=self.dtype, non_blocking=True)
+        x = pixels.to(device=self.device, dtype=self.dtype, non_blocking=True).contiguous(memory_format=self._memory_format)
         if self._compiled_batch and n < self._compiled_batch:
             x = torch.cat([x, x.new_zeros((self._compiled_batch - n, *x.shape[1:]))])
         feats = self._image_forward(x)[:n].float()
@@ -111,14 +114,20 @@ class ClipModel:
     def encode_text(self, texts: Sequence[str], normalize: bool = True, batch_size: int = 256) -> torch.Tensor:
         """Texts -> [N, D] float32 embeddings (loads the text tower on first use)."""
         self._ensure_text()
-        out = []
-        for i in range(0, len(texts), batch_size):
-            tokens = self.tokenizer(list(texts[i:i + batch_size])).to(self.device)
-            feats = self.net.encode_text(tokens).float()
-            out.append(F.normalize(feats, dim=-1) if normalize else feats)
-        if not out:
+        texts = list(texts)
+        if not texts:
             return torch.empty(0, self.embed_dim)
-        return torch.cat(out)
+        tokenize = _padded_to_longest(self.tokenizer) if _masked_text_tower(self.net) else self.tokenizer
+        # Similar lengths together, so a batch pads to little more than its texts (masked towers only).
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i])) if tokenize is not self.tokenizer \
+            else list(range(len(texts)))
+        out = torch.empty(len(texts), self.embed_dim)
+        for i in range(0, len(texts), batch_size):
+            idx = order[i:i + batch_size]
+            tokens = tokenize([texts[j] for j in idx]).to(self.device)
+            feats = self.net.encode_text(tokens).float()
+            out[idx] = (F.normalize(feats, dim=-1) if normalize else feats).cpu()
+        return out
 
     def _ensure_text(self) -> None:
         with self._lock:
@@ -133,6 +142,33 @@ class ClipModel:
 
     def __repr__(self) -> str:
         return f"ClipModel({self.id!r}, device={self.device}, dtype={str(self.dtype).replace('torch.', '')})"
+
+
+def _convolutional(visual: nn.Module) -> bool:
+    """A timm trunk made of convolutions (EfficientNet, ResNet, ConvNeXt), not a ViT (which has one:
+    its patch embedding)."""
+    trunk = getattr(visual, "trunk", None)
+    return trunk is not None and sum(isinstance(m, nn.Conv2d) for m in trunk.modules()) > 1
+
+
+def _masked_text_tower(net: nn.Module) -> bool:
+    """A Hugging Face text tower masks padding, so its output does not depend on how far texts are padded."""
+    text = getattr(net, "text", None)
+    return text is not None and hasattr(text, "transformer") and hasattr(text, "pooler")
+
+
+def _padded_to_longest(tokenizer):
+    """open_clip's HF tokenizer pads every text to the context length; for a masked tower, padding
+    to the batch's longest text gives the same features at a fraction of the cost."""
+    from open_clip.tokenizer import HFTokenizer
+
+    if not isinstance(tokenizer, HFTokenizer) or tokenizer.tokenizer_mode or tokenizer.strip_sep_token:
+        return tokenizer
+
+    def tokenize(texts: list[str]) -> torch.Tensor:
+        return tokenizer.tokenizer([tokenizer.clean_fn(t) for t in texts], return_tensors="pt", padding="longest",
+                                   truncation=True, max_length=tokenizer.context_length).input_ids
+    return tokenize
 
 
 def _make_tokenizer(source: ModelSource):

@@ -25,7 +25,7 @@ from torch import nn
 from ..errors import TaxoclipError
 from .registry import ModelCard, find_card
 
-__all__ = ["ModelSource", "ModelLoadError", "resolve", "instantiate", "load_weights", "hf_file"]
+__all__ = ["ModelSource", "ModelLoadError", "resolve", "instantiate", "load_weights", "hf_file", "package_path"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,28 @@ def file_fingerprint(path: Path | str) -> str:
         return real.name[:16]
     st = real.stat()
     return hashlib.sha1(f"{real}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+
+
+def package_path(spec: str) -> Path:
+    """A path, or `pkg:MODULE/REL/PATH` inside an installed package (so configs name no machine's paths).
+
+    Raises FileNotFoundError naming the package or the missing file.
+    """
+    if not spec.startswith("pkg:"):
+        return Path(spec).expanduser()
+    module, _, rel = spec[4:].partition("/")
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        found = None
+    if found is None or not found.submodule_search_locations:
+        raise FileNotFoundError(f"{spec}: package {module!r} is not installed (pip install {module.replace('_', '-')})")
+    path = Path(list(found.submodule_search_locations)[0]) / rel
+    if not path.exists():
+        raise FileNotFoundError(f"{spec}: {path} does not exist in the installed package")
+    return path
 
 
 def _offline() -> bool:
@@ -103,9 +125,34 @@ def _from_dir(model_id: str, path: Path, card: ModelCard | None) -> ModelSource:
     if weights is None:
         raise ModelLoadError(f"model {model_id}: directory {path} has no weights ({' or '.join(WEIGHT_FILES)})")
     cfg = json.loads(cfg_path.read_text())
+    text = cfg["model_cfg"].get("text_cfg", {})
+    if "hf_model_name" in text and (path / "config.json").is_file():
+        # a Hugging Face text tower shipped with the model: build it from here, never from the hub
+        text.update(hf_model_name=str(path), hf_tokenizer_name=str(path))
     tok = path if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file() else None
     vocab = path / "embeddings" if (path / "embeddings").is_dir() else None
     return ModelSource(model_id, cfg["model_cfg"], cfg.get("preprocess_cfg", {}), weights, card, tok, vocab)
+
+
+BUNDLE_MANIFEST = "MANIFEST.json"
+BUNDLE_FIX = "reinstall taxoclip (pip install --force-reinstall taxoclip, or pip install -e . in a checkout)"
+
+
+def _from_bundle(model_id: str, target: str, card: ModelCard) -> ModelSource:
+    """A model shipped inside a package: every file its manifest lists must be there, whole."""
+    fix = BUNDLE_FIX
+    try:
+        path = package_path(target)
+        manifest = json.loads((path / BUNDLE_MANIFEST).read_text())
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"bundled model {card.name}: cannot read its files ({e}); {fix}") from None
+    for name, meta in manifest["files"].items():
+        f = path / name
+        size = f.stat().st_size if f.is_file() else None
+        if size != meta["size"]:
+            what = "is missing" if size is None else f"has {size:,} bytes, not {meta['size']:,}"
+            raise ModelLoadError(f"bundled model {card.name}: {f} {what}; {fix}")
+    return _from_dir(model_id, path, card)
 
 
 def _from_hub(model_id: str, repo: str, card: ModelCard | None) -> ModelSource:
@@ -167,11 +214,18 @@ def resolve(model_id: str, pretrained: str | None = None) -> ModelSource:
     card = find_card(model_id)
     target = card.source if card else model_id
     pretrained = pretrained or (card.pretrained if card else None)
-    if target.startswith("local-dir:"):
+    if card is not None and card.bundled:
+        src = _from_bundle(model_id, target, card)
+    elif target.startswith("local-dir:"):
         path = Path(target[len("local-dir:"):]).expanduser()
         if not path.is_dir():
             raise ModelLoadError(f"model {model_id}: directory {path} does not exist")
         src = _from_dir(model_id, path, card)
+    elif target.startswith("pkg:"):
+        try:
+            src = _from_dir(model_id, package_path(target), card)
+        except FileNotFoundError as e:
+            raise ModelLoadError(f"model {model_id}: {e}") from None
     elif target.startswith("hf-hub:"):
         src = _from_hub(model_id, target[len("hf-hub:"):], card)
     elif os.path.isdir(os.path.expanduser(target)):
@@ -286,16 +340,25 @@ def _assign(model: nn.Module, key: str, value: torch.Tensor) -> None:
 
 
 def fix_derived_buffers(model: nn.Module, device: torch.device) -> None:
-    """Rebuild buffers that are computed, not saved (the text tower's causal mask)."""
+    """Rebuild buffers that are computed, not saved: open_clip's causal mask, and the position and
+    token-type ids that Hugging Face text towers keep as non-persistent buffers."""
     for mod in model.modules():
-        mask = mod._buffers.get("attn_mask")
-        if mask is not None and mask.is_meta:
-            n = mask.shape[-1]
-            mod._buffers["attn_mask"] = torch.full((n, n), float("-inf"), device=device).triu_(1)
+        for name, buf in list(mod._buffers.items()):
+            if buf is None or not buf.is_meta:
+                continue
+            if name == "attn_mask":
+                n = buf.shape[-1]
+                mod._buffers[name] = torch.full((n, n), float("-inf"), device=device).triu_(1)
+            elif name == "position_ids":
+                mod._buffers[name] = torch.arange(buf.shape[-1], device=device).expand(buf.shape).clone()
+            elif name == "token_type_ids":
+                mod._buffers[name] = torch.zeros(buf.shape, dtype=buf.dtype, device=device)
 
 
 def meta_leftovers(module: nn.Module) -> list[str]:
-    return [k for k, v in _all_tensors(module).items() if v.is_meta]
+    """Tensors still without values, saved ones and non-persistent buffers alike."""
+    left = [k for k, v in _all_tensors(module).items() if v.is_meta]
+    return left + [k for k, v in module.named_buffers() if v.is_meta and k not in left]
 
 
 def full_load(model_cfg: dict, path: Path, dtype: torch.dtype, device: torch.device) -> tuple[nn.Module, dict]:

@@ -19,6 +19,16 @@ class ModelCard:
     # Overrides of the preprocessing read from the model's config (open_clip PreprocessCfg keys).
     preprocess: dict = field(default_factory=dict)
     pretrained: str | None = None  # open_clip tag or file, for open_clip names
+    bundled: bool = False  # shipped inside a package (`source` is `pkg:…`): works offline, checked on load
+    # Decode JPEGs at reduced size (draft mode) when the model's input is far smaller than photos;
+    # None: only in reduced precision (fp32 stays faithful to pybioclip's decoding).
+    draft_decode: bool | None = None
+    batch_size: int | None = None  # images per model call on a CPU, where the model's size changes the best one
+    # How a taxa table becomes class texts for this model (`--taxa`): "vocabulary" = "<7 ranks> <common
+    # name>" as the published vocabularies, or a caption type it was trained on; and the templates.
+    vocabulary_text: str = "vocabulary"
+    vocabulary_templates: str = "openai"
+    compile_auto: bool = True  # `--compile auto` compiles long runs; off where compiling costs more than it gains
 
 
 _CARDS: dict[str, ModelCard] = {}
@@ -46,6 +56,17 @@ def list_cards() -> list[ModelCard]:
     return list(_CARDS.values())
 
 
+register(ModelCard(
+    name="taxoclip-mini",
+    source="pkg:taxoclip/bundled/taxoclip-mini",
+    description="taxoclip-mini (bundled, offline): EfficientNet-Lite0 + MiniLM-L6, tol-mini vocabulary (300K species)",
+    bundled=True,
+    draft_decode=True,
+    batch_size=64,
+    vocabulary_text="sci",  # "a photo of Genus epithet.", a caption it was trained on, once per taxon
+    vocabulary_templates="none",
+    compile_auto=False,
+))
 register(ModelCard(
     name="bioclip-2",
     source="hf-hub:imageomics/bioclip-2",

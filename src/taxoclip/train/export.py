@@ -24,7 +24,8 @@ from .model import CONTINUAL_KEY
 
 __all__ = ["export_model", "export_checkpoint", "export_vocabulary", "inference_state"]
 
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+# The tokenizer, and the Hugging Face config a text tower is built from (`config.json`).
+_TOKENIZER_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
                     "merges.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
 
 

@@ -120,6 +120,8 @@ class Trainer:
         if cfg.model.grad_checkpointing:
             self.net.set_grad_checkpointing(True)
         self.net.to(info.device)
+        self.memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
+        self.net.visual.to(memory_format=self.memory_format)
         # fp32 masters are taken before the cast, so pretrained weights keep their fp32 values
         self.masters = MasterWeights(list(self.net.named_parameters())) if self.precision.masters else None
         if self.precision.param_dtype != torch.float32:
@@ -224,12 +226,12 @@ class Trainer:
     # ----- one optimiser step ---------------------------------------------------------------------
     def _inputs(self, b: Batch) -> tuple:
         dev, dt = self.info.device, self.precision.input_dtype
-        imgs = normalize_images(b.images, self.mean, self.std, dt, dev)
+        imgs = normalize_images(b.images, self.mean, self.std, dt, dev).contiguous(memory_format=self.memory_format)
         texts = b.texts.to(dev, non_blocking=True)
         if b.replay_images is None:
             return imgs, texts, None, None
-        return (imgs, texts, normalize_images(b.replay_images, self.mean, self.std, dt, dev),
-                b.replay_texts.to(dev, non_blocking=True))
+        replay = normalize_images(b.replay_images, self.mean, self.std, dt, dev)
+        return imgs, texts, replay.contiguous(memory_format=self.memory_format), b.replay_texts.to(dev, non_blocking=True)
 
     def _no_sync(self, last: bool):
         if last:

@@ -121,6 +121,7 @@ def _resolve(cfg: ModelConfig) -> tuple[dict, dict, Path | None]:
 def build_model(cfg: ModelConfig, *, replay: bool = False, seed: int = 0) -> BuiltModel:
     """Build and initialise the model a run trains (on the CPU, fp32)."""
     model_cfg, pre, weights = _resolve(cfg)
+    package_path = _package_path
     vision, text = model_cfg.setdefault("vision_cfg", {}), model_cfg.setdefault("text_cfg", {})
     if cfg.fsdp:  # FSDP shards only tensors with a dimension; exports turn it back into a scalar
         model_cfg["nonscalar_logit_scale"] = True
@@ -128,37 +129,77 @@ def build_model(cfg: ModelConfig, *, replay: bool = False, seed: int = 0) -> Bui
         vision["image_size"] = cfg.image_size
     tokenizer_dir = ""
     text_file = None
+    build_cfg = copy.deepcopy(model_cfg)  # what builds the net: may point at local directories
     if cfg.text_weights:
-        tw = Path(cfg.text_weights).expanduser()
+        tw = package_path(cfg.text_weights, "model.text_weights")
         if tw.is_dir() and "hf_model_name" in text:
-            text.update(hf_model_name=str(tw), hf_tokenizer_name=str(tw), hf_model_pretrained=True)
+            # Build from the directory; the saved config keeps the model's name (exports ship its config.json).
+            build_cfg["text_cfg"].update(hf_model_name=str(tw), hf_tokenizer_name=str(tw), hf_model_pretrained=True)
         elif tw.is_file():
             text_file = tw
         else:
             raise ConfigError(f"model.text_weights {tw}: not a weights file, nor a Hugging Face model directory "
                               f"for a config with an HF text tower")
-    if "hf_tokenizer_name" in text and Path(text["hf_tokenizer_name"]).is_dir():
-        tokenizer_dir = text["hf_tokenizer_name"]
+    if "hf_tokenizer_name" in build_cfg["text_cfg"] and Path(build_cfg["text_cfg"]["hf_tokenizer_name"]).is_dir():
+        tokenizer_dir = build_cfg["text_cfg"]["hf_tokenizer_name"]
     torch.manual_seed(seed)
     try:
-        net = construct(model_cfg)
+        net = construct(build_cfg)
     except (OSError, ValueError) as e:
         raise ConfigError(f"cannot build model {cfg.name}: {e}") from None
-    if text.get("hf_model_pretrained"):
-        text["hf_model_pretrained"] = False  # the weights now live in our checkpoints and exports
+    text.pop("hf_model_pretrained", None)
     continual = None
     if weights is not None:
         continual = _load_full(net, Path(weights))
     if cfg.image_weights:
-        load_tower_weights(_image_target(net), Path(cfg.image_weights).expanduser(), prefix="visual.")
+        load_tower_weights(_image_target(net), package_path(cfg.image_weights, "model.image_weights"), prefix="visual.")
     if text_file is not None:
         load_tower_weights(_text_target(net), text_file, prefix="text." if hasattr(net, "text") else "")
     if replay:
         add_continual_proj(net, continual)
+    lock_towers(net, cfg)
     silence_key_bias_grads(net)
     size = vision.get("image_size", 224)
     pre = {"size": size if isinstance(size, int) else size[0], **{k: v for k, v in pre.items() if k != "size"}}
-    return BuiltModel(net, model_cfg, pre, make_tokenizer(model_cfg), tokenizer_dir)
+    return BuiltModel(net, model_cfg, pre, make_tokenizer(build_cfg), tokenizer_dir)
+
+
+def _package_path(spec: str, what: str) -> Path:
+    from ..models.loading import package_path
+
+    try:
+        return package_path(spec)
+    except FileNotFoundError as e:
+        raise ConfigError(f"{what}: {e}") from None
+
+
+def lock_towers(net: nn.Module, cfg: ModelConfig) -> None:
+    """Freeze what the config locks, with open_clip's own lock methods (LiT and its text mirror)."""
+    if cfg.lock_image:
+        # open_clip's freeze_bn_stats swaps each BatchNorm2d for a FrozenBatchNorm2d, which drops the
+        # activation of timm's BatchNormAct2d (EfficientNet, …) and changes the saved keys: instead,
+        # frozen norms keep their module and run in eval mode.
+        net.lock_image_tower(unlocked_groups=cfg.lock_image_unlocked_groups, freeze_bn_stats=False)
+        if cfg.lock_image_freeze_bn_stats:
+            keep_frozen_norms_in_eval(net.visual)
+    if cfg.lock_text:
+        net.lock_text_tower(unlocked_layers=cfg.lock_text_unlocked_layers, freeze_layer_norm=True)
+
+
+def keep_frozen_norms_in_eval(module: nn.Module) -> int:
+    """Batch norms whose parameters are all frozen use and keep their running statistics, even in
+    train mode (a pre-forward hook; the modules and their saved state stay as they are)."""
+    n = 0
+    for m in module.modules():
+        params = list(m.parameters(recurse=False))
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and params and not any(p.requires_grad for p in params):
+            m.register_forward_pre_hook(_eval_mode)
+            n += 1
+    return n
+
+
+def _eval_mode(module: nn.Module, args) -> None:
+    module.eval()
 
 
 def silence_key_bias_grads(net: nn.Module) -> int:
@@ -315,12 +356,47 @@ def image_features(visual: nn.Module, images: torch.Tensor, n_bio: int) -> tuple
     return visual.head[-1](x[:n_bio]), continual(x[n_bio:])
 
 
+class FrozenTextMemo:
+    """Text features through a fully frozen Hugging Face trunk, run once per distinct caption.
+
+    With the trunk locked only the projection learns, and the trunk's pooled output of a caption
+    never changes (it runs in eval mode: no dropout), so each caption's is computed once and
+    kept: 700 taxa x 5 text types cost one trunk pass each instead of one per sample and step.
+    """
+
+    def __init__(self, text: nn.Module):
+        self.text = text
+        self.pooled: dict[bytes, torch.Tensor] = {}
+
+    @staticmethod
+    def applies(net: nn.Module) -> bool:
+        text = getattr(net, "text", None)
+        return (text is not None and hasattr(text, "transformer") and hasattr(text, "pooler")
+                and not any(p.requires_grad for p in text.transformer.parameters()))
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        keys = [row.tobytes() for row in tokens.cpu().numpy()]
+        missing = list({k: i for i, k in enumerate(keys) if k not in self.pooled}.values())
+        if missing:
+            trunk, was_training = self.text.transformer, self.text.transformer.training
+            x = tokens[missing]
+            mask = (x != self.text.config.pad_token_id).long()
+            trunk.eval()
+            with torch.no_grad():
+                pooled = self.text.pooler(trunk(input_ids=x, attention_mask=mask), mask)
+            trunk.train(was_training)
+            for i, v in zip(missing, pooled):
+                self.pooled[keys[i]] = v.clone()
+        return self.text.proj(torch.stack([self.pooled[k] for k in keys]))
+
+
 class ContrastiveModule(nn.Module):
     """The trained module: normalised features for biology and replay pairs, and the logit scale."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net = net
+        self.text_memo = FrozenTextMemo(net.text) if FrozenTextMemo.applies(net) else None
 
     def forward(self, images: torch.Tensor, texts: torch.Tensor, replay_images: torch.Tensor | None = None,
                 replay_texts: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -329,7 +405,7 @@ class ContrastiveModule(nn.Module):
             images = torch.cat([images, replay_images])
             texts = torch.cat([texts, replay_texts])
         img, rep_img = image_features(self.net.visual, images, n)
-        txt = self.net.encode_text(texts)
+        txt = self.text_memo(texts) if self.text_memo is not None else self.net.encode_text(texts)
         out = {"image": F.normalize(img, dim=-1), "text": F.normalize(txt[:m], dim=-1),
                "logit_scale": self.net.logit_scale.exp()}
         if rep_img is not None:
