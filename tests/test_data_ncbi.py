@@ -95,5 +95,5 @@ def test_species_enumeration_yields_only_well_formed_binomials(ncbi):
     for tax_id, taxon, notability in got:
         assert re.fullmatch(r"[a-z]{2,}", taxon.epithet) and taxon.epithet not in ("sp", "cf", "aff")
         assert taxon.kingdom and taxon.genus and notability in (0, 1, 2)
-        assert ncbi.lookup(f"{taxon.genus} {taxon.epithet}") == taxon or ncbi.lookup(f"{taxon.genus} {taxon.epithet}") is None
+        assert ncbi.lookup(f"{taxon.genus} {taxon.epithet}") in (taxon, None)  # never another lineage (None: homonym)
     assert {n for *_, n in got} == {0, 1, 2}

@@ -168,9 +168,7 @@ def test_compact_layout_keeps_every_top_choice_and_a_quarter_of_the_bytes(vocab,
     pa, ia = bank.top_k(feats, 1, 10.0)
     pb, ib = compact.top_k(feats, 1, 10.0)
     assert torch.equal(ia, ib) and torch.allclose(pa, pb, rtol=5e-2)  # scale 10, 32-d: a few % per score
-    size = sum(f.stat().st_size for f in out.iterdir())
     assert (out / tb.COMPACT_EMB).stat().st_size < 0.3 * (vocab / "txt_emb_species.npy").stat().st_size
-    assert size > 0
 
 
 def test_damaged_compact_vocabulary_is_a_clear_error(vocab, tmp_path):
