@@ -5,7 +5,8 @@
     python bench/bench_mini.py --hub /tmp/fakehub                # + pybioclip with bioclip-2's shape
 
 Photos: 500x375 JPEGs made from bio-mini (bench_predict.make_photos). Prints
-  * first run on a fresh cache (one photo: includes unpacking the vocabulary) and a later one;
+  * first run on a fresh cache (one photo: includes unpacking the vocabulary and preparing the
+    image tower) and a later one;
   * steady state: (512 - 64) / (T(512) - T(64)) photos/s, and the 512-photo end-to-end time;
   * peak resident memory (largest process, and the whole process tree);
   * where the time goes, measured in this process on 512 photos: decoding + preprocessing
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -54,6 +56,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--hub", help="HF_HUB_CACHE made by make_fake_hub.py (runs pybioclip for the ratio)")
     ap.add_argument("--work", help="scratch folder (default: a temporary one)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per timing (the median is printed)")
     args = ap.parse_args()
 
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-mini-"))
@@ -68,13 +71,15 @@ def main() -> None:
         return ["taxoclip", "predict", *map(str, ph), "--output", str(out)]
 
     first = timed(ours(photos[:1], work / "first.csv"), env)
-    later = timed(ours(photos[:1], work / "later.csv"), env)
-    r64 = timed(ours(photos[:64], work / "t64.csv"), env)
-    r512 = timed(ours(photos, work / "t512.csv"), env)
+    # This machine's timings vary by +-20% from run to run: each figure is the median of --repeat runs.
+    later, r64, r512 = ({k: statistics.median(r[k] for r in runs) for k in runs[0]} for runs in zip(*[
+        (timed(ours(photos[:1], work / "later.csv"), env), timed(ours(photos[:64], work / "t64.csv"), env),
+         timed(ours(photos, work / "t512.csv"), env)) for _ in range(args.repeat)]))
     steady = (512 - 64) / (r512["wall_s"] - r64["wall_s"])
     cpu = open("/proc/cpuinfo").read().split("model name")[1].split(":")[1].splitlines()[0].strip()
     print(f"machine: {os.cpu_count()} CPUs, {cpu}")
-    print(f"taxoclip-mini  first run (fresh cache, 1 photo) {first['wall_s']:.1f} s | later run {later['wall_s']:.1f} s")
+    print(f"taxoclip-mini  first run (fresh cache, 1 photo) {first['wall_s']:.1f} s | later run {later['wall_s']:.1f} s "
+          f"(medians of {args.repeat} runs from here on)")
     print(f"taxoclip-mini  steady {steady:.0f} photos/s | 512 photos end to end {r512['wall_s']:.1f} s | "
           f"64 photos {r64['wall_s']:.1f} s | peak RSS {max(r['max_rss_gb'] for r in (r64, r512)):.2f} GB (process), "
           f"{max(r['tree_rss_gb'] for r in (r64, r512)):.2f} GB (process tree)")

@@ -198,16 +198,14 @@ class TreeOfLifeClassifier(_Base):
 
             def rows_for(feats):
                 probs, idx = bank.top_k(feats, k, scale)
-                return [[_species_row(table, j, p) for p, j in zip(ps.tolist(), js.tolist())]
-                        for ps, js in zip(probs, idx)]
+                return _per_image(_species_rows(table, idx.reshape(-1).numpy(), probs.reshape(-1).tolist()), probs.shape[1])
         else:
             _, groups = bank.groups(r)
             cols = list(RANKS[: r + 1])
 
             def rows_for(feats):
                 probs, gid = bank.rollup(feats, r, k, scale, min_prob)
-                return [[{**dict(zip(cols, groups.iloc[g].tolist())), SCORE: p} for p, g in zip(ps.tolist(), gs.tolist())]
-                        for ps, gs in zip(probs, gid)]
+                return _per_image(_table_rows(groups, cols, gid.reshape(-1).numpy(), probs.reshape(-1).tolist()), probs.shape[1])
         yield from self._iter(images, batch_size, progress, callback, rows_for)
 
     def predict(self, images: Images, rank: Rank | str = Rank.SPECIES, min_prob: float = 1e-9, k: int = 5,
@@ -216,15 +214,24 @@ class TreeOfLifeClassifier(_Base):
         return _rows(self.predict_iter(images, rank, min_prob, k, batch_size, callback))
 
 
-def _species_row(table: pd.DataFrame, j: int, p: float) -> dict:
-    row = table.iloc[j]
-    genus, epithet = row["genus"], row["species_epithet"]
-    out = {c: row[c] for c in RANK_COLUMNS[:6]}
-    out["species_epithet"] = epithet
-    out["species"] = f"{genus} {epithet}" if epithet else ""
-    out["common_name"] = row["common_name"]
-    out[SCORE] = p
-    return out
+def _table_rows(table: pd.DataFrame, cols: list[str], positions: np.ndarray, scores: list[float]) -> list[dict]:
+    """Rows of `table` at `positions` as dicts with a score each, column by column (a row-by-row
+    `iloc` costs ~0.5 ms per row on Arrow-backed tables: more than the model's time per photo)."""
+    values = {c: table[c].take(positions).tolist() for c in cols}
+    return [{**{c: values[c][n] for c in cols}, SCORE: p} for n, p in enumerate(scores)]
+
+
+def _species_rows(table: pd.DataFrame, positions: np.ndarray, scores: list[float]) -> list[dict]:
+    rows = _table_rows(table, RANK_COLUMNS + ["common_name"], positions, scores)
+    order = RANK_COLUMNS + ["species", "common_name", SCORE]
+    for row in rows:
+        row["species"] = f"{row['genus']} {row['species_epithet']}" if row["species_epithet"] else ""
+    return [{c: row[c] for c in order} for row in rows]
+
+
+def _per_image(rows: list[dict], per: int) -> list[list[dict]]:
+    """Flat rows, `per` for each image in turn -> one list per image."""
+    return [rows[i:i + per] for i in range(0, len(rows), per)] if per else []
 
 
 def _check_k(k) -> None:

@@ -44,7 +44,8 @@ def load_model(model_id: str = DEFAULT_MODEL, *, pretrained: str | None = None, 
             raise
         fix = f"; {BUNDLE_FIX}" if source.card and source.card.bundled else ""
         raise ModelLoadError(f"model {model_id}: cannot read weights {source.weights}: {e}{fix}") from e
-    release_memory()
+    if model.net is not None:  # built here: loading left freed buffers behind (a cached tower leaves none)
+        release_memory()
     return model
 
 

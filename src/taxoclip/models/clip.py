@@ -2,18 +2,24 @@
 
 Towers are read on demand: identifying species against a published vocabulary needs only
 the image tower, so the text tower's weights stay on disk until a text is first encoded.
+A convolutional image tower runs in inference form (`inference.py`), cached after its first
+use, so a later run of such a model builds nothing and imports neither timm nor open_clip.
 """
 from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .loading import ModelSource, fast_load, fix_derived_buffers, full_load, is_text_key, load_weights, meta_leftovers
+from ..cache import cache_root, hash_key
+from . import inference
+from .loading import (ModelSource, fast_load, fix_derived_buffers, full_load, is_text_key, load_weights, meta_leftovers,
+                      read_scalars)
 from .preprocess import ImagePreprocess
 
 __all__ = ["ClipModel"]
@@ -24,10 +30,11 @@ log = logging.getLogger(__name__)
 class ClipModel:
     """An open_clip model ready for inference (eval mode, no gradients, one precision)."""
 
-    def __init__(self, source: ModelSource, net: nn.Module, *, device: torch.device, dtype: torch.dtype,
-                 scalars: dict[str, torch.Tensor], text_loaded: bool):
+    def __init__(self, source: ModelSource, net: nn.Module | None, *, device: torch.device, dtype: torch.dtype,
+                 scalars: dict[str, torch.Tensor], text_loaded: bool, visual: nn.Module | None = None):
         self.source = source
-        self.net = net.eval()
+        self.net = net.eval() if net is not None else None  # None until a text is encoded (cached tower)
+        self.visual = (visual if visual is not None else net.visual).eval()
         self.device = device
         self.dtype = dtype
         self.preprocess = ImagePreprocess.from_config(source.preprocess_cfg)
@@ -36,9 +43,9 @@ class ClipModel:
         self._text_loaded = text_loaded
         self._tokenizer = None
         # Convolutional towers run ~1.6x faster on CPUs with NHWC tensors (oneDNN's native layout).
-        self._memory_format = torch.channels_last if _convolutional(net.visual) else torch.contiguous_format
-        net.visual.to(memory_format=self._memory_format)
-        self._image_forward = net.visual
+        self._memory_format = torch.channels_last if _convolutional(self.visual) else torch.contiguous_format
+        self.visual.to(memory_format=self._memory_format)
+        self._image_forward = self.visual
         self._compiled_batch: int | None = None
         self._lock = threading.Lock()
 
@@ -49,6 +56,14 @@ class ClipModel:
         """Read the image tower (and the text tower if `text`) from `source.weights`."""
         if source.weights is None:
             raise ValueError(f"model {source.id} has no weights")
+        cached = _tower_path(source, dtype, device)
+        if not text and cached is not None and cached.is_file():
+            try:
+                visual = inference.load_tower(cached, device)
+                return cls(source, None, device=device, dtype=dtype, scalars=read_scalars(source.weights),
+                           text_loaded=False, visual=visual)
+            except Exception as e:  # a cache from another version or a damaged file: rebuild it
+                log.info("cached image tower %s unusable (%s); rebuilding it", cached, e)
         want = (lambda k: True) if text else (lambda k: not is_text_key(k))
         loaded = fast_load(source.model_cfg, source.weights, dtype, device, want)
         if loaded is None:
@@ -61,7 +76,8 @@ class ClipModel:
                 log.info("meta tensors left (%s); using open_clip loading", leftovers[:3])
                 net, scalars = full_load(source.model_cfg, source.weights, dtype, device)
                 text = True
-        return cls(source, net, device=device, dtype=dtype, scalars=scalars, text_loaded=text)
+        return cls(source, net, device=device, dtype=dtype, scalars=scalars, text_loaded=text,
+                   visual=_inference_form(source, net.visual, dtype, device, cached))
 
     # ----- properties -----------------------------------------------------------------------
     @property
@@ -74,7 +90,7 @@ class ClipModel:
 
     @property
     def embed_dim(self) -> int:
-        proj = getattr(self.net.visual, "proj", None)
+        proj = getattr(self.visual, "proj", None)
         if isinstance(proj, torch.Tensor):
             return proj.shape[-1]
         return int(self.source.model_cfg["embed_dim"])
@@ -97,7 +113,7 @@ class ClipModel:
         On the CPU, weights are frozen into the graph (prepacked for oneDNN).
         """
         options = {"freezing": True} if self.device.type == "cpu" else {}
-        self._image_forward = torch.compile(self.net.visual, dynamic=False, options=options)
+        self._image_forward = torch.compile(self.visual, dynamic=False, options=options)
         self._compiled_batch = batch_size
 
     @torch.inference_mode()
@@ -133,6 +149,15 @@ class ClipModel:
         with self._lock:
             if self._text_loaded:
                 return
+            if self.net is None:  # the image tower came from the cache: build the model around it
+                loaded = fast_load(self.source.model_cfg, self.source.weights, self.dtype, self.device, is_text_key)
+                self.net = (loaded[0] if loaded is not None else
+                            full_load(self.source.model_cfg, self.source.weights, self.dtype, self.device)[0]).eval()
+                left = [k for k in meta_leftovers(self.net) if is_text_key(k)]
+                if left:
+                    raise RuntimeError(f"model {self.id}: text tower incomplete after loading ({left[:3]})")
+                self._text_loaded = True
+                return
             load_weights(self.net, self.source.weights, self.dtype, self.device, is_text_key)
             fix_derived_buffers(self.net, self.device)
             left = meta_leftovers(self.net)
@@ -145,10 +170,39 @@ class ClipModel:
 
 
 def _convolutional(visual: nn.Module) -> bool:
-    """A timm trunk made of convolutions (EfficientNet, ResNet, ConvNeXt), not a ViT (which has one:
+    """A tower made of convolutions (EfficientNet, ResNet, ConvNeXt), not a ViT (which has one:
     its patch embedding)."""
-    trunk = getattr(visual, "trunk", None)
-    return trunk is not None and sum(isinstance(m, nn.Conv2d) for m in trunk.modules()) > 1
+    return sum(isinstance(m, nn.Conv2d) for m in visual.modules()) > 1
+
+
+def _tower_path(source: ModelSource, dtype: torch.dtype, device: torch.device) -> Path | None:
+    """Where the inference form of this model's image tower is cached (timm towers only)."""
+    if "timm_model_name" not in source.model_cfg.get("vision_cfg", {}):
+        return None
+    size = source.preprocess_cfg.get("size") or source.model_cfg["vision_cfg"].get("image_size")
+    key = hash_key("image-tower", inference.FORM_VERSION, source.fingerprint, str(dtype), device.type,
+                   size, torch.__version__)
+    return cache_root() / "towers" / key / "tower.pt"
+
+
+def _inference_form(source: ModelSource, visual: nn.Module, dtype: torch.dtype, device: torch.device,
+                    path: Path | None) -> nn.Module:
+    """The folded, traced tower (and cache it), or `visual` itself where that is not possible."""
+    if path is None or not _convolutional(visual):
+        return visual
+    size = source.preprocess_cfg.get("size") or source.model_cfg["vision_cfg"].get("image_size")
+    size = size[0] if isinstance(size, (list, tuple)) else size
+    try:
+        graph = inference.inference_tower(visual, int(size), dtype).to(device)
+    except Exception as e:  # untraceable tower: it runs as built
+        log.info("image tower of %s kept as built (%s)", source.id, e)
+        return visual
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        inference.save_tower(graph, path)
+    except OSError as e:  # a read-only or full cache only costs the next run its start-up
+        log.warning("cannot cache the image tower in %s: %s", path.parent, e)
+    return graph
 
 
 def _masked_text_tower(net: nn.Module) -> bool:

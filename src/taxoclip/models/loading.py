@@ -286,6 +286,11 @@ def _read_tensors(path: Path, want: Callable[[str], bool]) -> Iterator[tuple[str
             yield k, v
 
 
+def read_scalars(path: Path) -> dict[str, torch.Tensor]:
+    """`logit_scale` (and `logit_bias`) of a checkpoint, in fp32, without reading anything else."""
+    return {k: v.detach().float().clone() for k, v in _read_tensors(path, lambda k: k in ("logit_scale", "logit_bias"))}
+
+
 class _NeedsFullLoad(Exception):
     """The checkpoint does not map 1:1 onto the model (open_clip must convert it)."""
 

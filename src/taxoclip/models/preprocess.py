@@ -7,10 +7,17 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from PIL import Image
 
 __all__ = ["ImagePreprocess"]
+
+
+def _to_tensor(img: Image.Image) -> torch.Tensor:
+    """torchvision's `to_tensor` for RGB images: [3, H, W] float32 in [0, 1]."""
+    x = torch.from_numpy(np.array(img.convert("RGB"), dtype=np.uint8, copy=True))
+    return x.permute(2, 0, 1).float().div_(255)
 
 _PIL_FILTERS = {
     "bicubic": Image.Resampling.BICUBIC,
@@ -51,16 +58,17 @@ class ImagePreprocess:
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         """RGB PIL image -> normalised float32 tensor [3, size, size]."""
-        import torchvision.transforms.functional as TF
-
         if self.resize_mode == "squash" and self.interpolation == "bilinear":
             # Resize the float tensor with antialiasing, exactly as pybioclip does, so that
             # fp32 scores agree with it to float rounding.
-            x = TF.to_tensor(img)
-            x = TF.resize(x, [self.size, self.size], antialias=True)
-        else:
-            x = TF.to_tensor(self._resize_pil(img))
-        return TF.normalize(x, self.mean, self.std)
+            import torchvision.transforms.functional as TF
+
+            x = TF.resize(_to_tensor(img), [self.size, self.size], antialias=True)
+        else:  # PIL resizes; torchvision (and torch._dynamo behind it, ~2 s to import) is not needed
+            x = _to_tensor(self._resize_pil(img))
+        mean = torch.tensor(self.mean, dtype=x.dtype).view(3, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype).view(3, 1, 1)
+        return x.sub_(mean).div_(std)
 
     def _resize_pil(self, img: Image.Image) -> Image.Image:
         s, filt = self.size, _PIL_FILTERS[self.interpolation]
@@ -74,11 +82,10 @@ class ImagePreprocess:
             canvas.paste(img, ((s - img.width) // 2, (s - img.height) // 2))
             return canvas
         # shortest side to s, then centre crop (open_clip / torchvision semantics)
-        import torchvision.transforms.functional as TF
-
         scale = s / min(w, h)
         img = img.resize((max(s, round(w * scale)), max(s, round(h * scale))), filt)
-        return TF.center_crop(img, [s, s])
+        left, top = int(round((img.width - s) / 2.0)), int(round((img.height - s) / 2.0))
+        return img.crop((left, top, left + s, top + s))
 
     def draft_size(self) -> tuple[int, int]:
         """The smallest decode size that loses nothing after resizing (for JPEG draft mode)."""

@@ -1,0 +1,121 @@
+"""The image tower in inference form: batch norms folded into their convolutions, TensorFlow
+"same" padding made static for the model's input size, the result traced into a graph of
+plain `torch.nn` modules, and cached.
+
+Why: on a CPU a folded convolutional tower runs ~1.7x faster (EfficientNet-Lite0 at 96 px on
+2 Zen 3 cores: 6.4 -> 3.7 ms per photo; each batch norm was a pass over memory of its own),
+and the traced graph loads without importing timm or open_clip, which with torchvision and
+torch._dynamo behind them take ~4 s of every run's start on such a machine.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+__all__ = ["fold_batchnorms", "static_padding", "inference_tower", "save_tower", "load_tower"]
+
+log = logging.getLogger(__name__)
+
+# Part of the cache key: bump when the transformation changes what a cached tower computes.
+FORM_VERSION = 1
+
+
+def fold_batchnorms(module: nn.Module) -> int:
+    """Fold every batch norm that directly follows a convolution into it (eval statistics).
+
+    timm registers a block's layers in the order its forward runs them (conv_dw, bn1, ...,
+    conv_pw, bn2), so a BatchNorm2d child right after a Conv2d child normalises that
+    convolution's output. timm's BatchNormAct2d keeps its activation (and dropout) in place.
+    Returns how many were folded.
+    """
+    n = 0
+    kids = list(module.named_children())
+    for (conv_name, conv), (bn_name, bn) in zip(kids, kids[1:]):
+        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats \
+                and conv.out_channels == bn.num_features:
+            setattr(module, conv_name, fuse_conv_bn_eval(conv.eval(), bn.eval()))
+            rest = [m for m in (getattr(bn, "drop", None), getattr(bn, "act", None)) if m is not None]
+            setattr(module, bn_name, nn.Sequential(*rest) if rest else nn.Identity())
+            n += 1
+    return n + sum(fold_batchnorms(child) for child in module.children())
+
+
+def static_padding(module: nn.Module, example: torch.Tensor) -> int:
+    """Replace convolutions that pad at run time (timm's Conv2dSame: TF "same" with stride > 1)
+    by plain convolutions, for inputs shaped like `example`.
+
+    TF pads one more zero at the end than at the start. A plain convolution pads both sides
+    alike, so its kernel gains a leading row/column of zeros instead: the same sums, with no
+    padded copy of the activations (which also lost channels-last layout: 3-7x slower).
+    """
+    from timm.layers.padding import get_same_padding
+
+    seen: dict[str, tuple[int, int]] = {}
+    dynamic = {name: m for name, m in module.named_modules() if type(m).__name__ == "Conv2dSame"}
+
+    def record(name):
+        def hook(_module, args):  # returns None: the inputs stay as they are
+            seen.setdefault(name, tuple(args[0].shape[-2:]))
+        return hook
+    hooks = [m.register_forward_pre_hook(record(name)) for name, m in dynamic.items()]
+    try:
+        with torch.inference_mode():
+            module(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    for name, conv in dynamic.items():
+        pads, lead = [], []
+        for size, k, st, d in zip(seen[name], conv.kernel_size, conv.stride, conv.dilation):
+            total = get_same_padding(size, k, st, d)
+            start, end = total // 2, total - total // 2
+            if d != 1 and end != start:
+                raise TypeError(f"{name}: dilated asymmetric padding has no static form")
+            pads.append(end)
+            lead.append(end - start)  # 0 or 1 zero taps in front
+        weight = nn.functional.pad(conv.weight.detach(), (lead[1], 0, lead[0], 0))
+        plain = nn.Conv2d(conv.in_channels, conv.out_channels, tuple(weight.shape[-2:]), conv.stride, tuple(pads),
+                          conv.dilation, conv.groups, conv.bias is not None,
+                          device=conv.weight.device, dtype=conv.weight.dtype)
+        plain.weight = nn.Parameter(weight, requires_grad=False)
+        plain.bias = conv.bias
+        parent, _, attr = name.rpartition(".")
+        setattr(module.get_submodule(parent) if parent else module, attr, plain)
+    return len(dynamic)
+
+
+def inference_tower(visual: nn.Module, size: int, dtype: torch.dtype = torch.float32) -> torch.fx.GraphModule:
+    """A traced, folded copy of a convolutional image tower for `size` x `size` inputs.
+
+    Raises (torch.fx's TraceError and the like) for towers that cannot be traced; callers keep
+    the tower they have then.
+    """
+    import copy
+
+    tower = copy.deepcopy(visual).float().eval()
+    example = torch.zeros(2, 3, size, size)
+    static_padding(tower, example)
+    folded = fold_batchnorms(tower)
+    graph = torch.fx.symbolic_trace(tower)
+    foreign = {type(m).__module__ for m in graph.modules()} - {"torch.fx.graph_module"}
+    foreign = {m for m in foreign if not m.startswith("torch.nn.")}
+    if foreign:  # a leaf from timm or open_clip: loading it back would import them after all
+        raise TypeError(f"traced tower still holds modules from {sorted(foreign)}")
+    log.info("image tower in inference form: %d batch norms folded", folded)
+    return graph.to(dtype)
+
+
+def save_tower(graph: torch.fx.GraphModule, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(graph, tmp)
+    tmp.replace(path)
+
+
+def load_tower(path: Path, device: torch.device) -> nn.Module:
+    """A tower `save_tower` wrote into taxoclip's own cache (a pickled torch.fx graph: the cache
+    is trusted as the Hugging Face cache is, and holds nothing a client sent)."""
+    return torch.load(path, map_location=device, weights_only=False).eval()

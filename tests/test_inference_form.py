@@ -1,0 +1,55 @@
+"""The image tower in inference form: folded, statically padded and traced, it computes what the
+timm tower computes, and a later load needs neither timm nor open_clip."""
+import os
+import subprocess
+import sys
+
+import pytest
+import timm
+import torch
+
+from taxoclip.models.inference import fold_batchnorms, inference_tower, static_padding
+
+
+@pytest.mark.parametrize("size", [64, 65, 97])  # even and odd inputs: TF pads 0/1 or 1/1 per side
+def test_inference_form_matches_the_timm_tower(size):
+    torch.manual_seed(0)
+    net = timm.create_model("tf_efficientnet_lite0", num_classes=8).eval()
+    for m in net.modules():  # non-trivial statistics, so folding them has something to get right
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(3, 3, size, size)
+    with torch.inference_mode():
+        ref = net(x)
+        graph = inference_tower(net, size)
+        out = graph(x)
+    assert torch.allclose(out, ref, atol=1e-4, rtol=1e-4)
+    kinds = {type(m).__module__ for m in graph.modules()}
+    assert all(k.startswith("torch.") for k in kinds), kinds  # loading it back imports no timm
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in graph.modules())
+
+
+def test_folding_and_padding_report_what_they_changed():
+    net = timm.create_model("tf_efficientnet_lite0", num_classes=0).eval()
+    assert static_padding(net, torch.zeros(1, 3, 64, 64)) == 5  # the stem and four stride-2 depthwise convs
+    assert fold_batchnorms(net) == sum(isinstance(m, torch.nn.Conv2d) for m in net.modules())
+
+
+def test_later_loads_use_the_cached_tower_without_timm(tmp_path):
+    """The first load prepares the tower; the next process loads it from the cache, imports no
+    timm or open_clip, and embeds the same; the text tower still loads when a text is encoded."""
+    env = dict(os.environ, TAXOCLIP_CACHE=str(tmp_path / "cache"), HF_HUB_OFFLINE="1")
+    code = ("import sys, torch; from taxoclip.models import load_model; m = load_model(precision='fp32'); "
+            "torch.manual_seed(0); f = m.encode_image(torch.randn(2, 3, 96, 96)); "
+            "print(type(m.visual).__name__, 'timm' in sys.modules, 'open_clip' in sys.modules, "
+            "' '.join(f'{v:.5f}' for v in f[0, :4].tolist())); "
+            "t = m.encode_text(['a photo of Malus domestica.']); print(t.shape[1], f'{float(t.norm()):.4f}')")
+    runs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+            for _ in range(2)]
+    for r in runs:
+        assert r.returncode == 0, r.stderr
+    first, later = (r.stdout.split("\n")[0].split(" ", 3) for r in runs)
+    assert first[1] == "True" and later[:3] == ["GraphModule", "False", "False"]
+    assert first[3] == later[3]  # the same embedding either way
+    assert runs[1].stdout.split("\n")[1].split() == ["128", "1.0000"]
