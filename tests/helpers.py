@@ -103,3 +103,14 @@ def make_photos(out: Path, n: int = 6, seed: int = 0) -> list[Path]:
         Image.fromarray(img).save(p, quality=90)
         paths.append(p)
     return paths
+
+
+def bio_mini_photo(bio_mini: Path, set_name: str) -> tuple[bytes, dict]:
+    """The first validation photo of a bio-mini set (JPEG bytes) and its labels."""
+    import json
+    import tarfile
+
+    with tarfile.open(sorted((bio_mini / set_name).glob("val-*.tar"))[0]) as tf:
+        members = {m.name: m for m in tf}
+        name = next(n for n in members if n.endswith(".json"))
+        return tf.extractfile(members[name[:-5] + ".jpg"]).read(), json.load(tf.extractfile(members[name]))

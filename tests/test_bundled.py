@@ -6,11 +6,11 @@ import os
 import shutil
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
 
+from helpers import bio_mini_photo
 from taxoclip import TreeOfLifeClassifier
 from taxoclip.models import DEFAULT_MODEL, ModelCard, ModelLoadError, find_card, load_model, register, resolve
 from taxoclip.models.loading import package_path
@@ -53,17 +53,9 @@ def test_image_only_prediction_leaves_the_text_tower_on_disk(photos):
     assert len(clf.bank) >= 300_000
 
 
-def _bio_mini_photo(bio_mini: Path, set_name: str) -> tuple[bytes, dict]:
-    """The first validation photo of a set and its labels."""
-    with tarfile.open(sorted((bio_mini / set_name).glob("val-*.tar"))[0]) as tf:
-        members = {m.name: m for m in tf}
-        name = next(n for n in members if n.endswith(".json"))
-        return tf.extractfile(members[name[:-5] + ".jpg"]).read(), json.load(tf.extractfile(members[name]))
-
-
 @pytest.mark.parametrize("set_name", ["apple", "bees", "seedlings"])
 def test_bundled_model_names_real_photos(bio_mini, tmp_path, set_name):
-    data, rec = _bio_mini_photo(bio_mini, set_name)
+    data, rec = bio_mini_photo(bio_mini, set_name)
     photo = tmp_path / f"{rec['key']}.jpg"
     photo.write_bytes(data)
     clf = TreeOfLifeClassifier(precision="fp32", workers=0)  # the whole tol-mini vocabulary

@@ -189,24 +189,30 @@ class TreeOfLifeClassifier(_Base):
     def predict_iter(self, images: Images | ImageLoader, rank: Rank | str = Rank.SPECIES, min_prob: float = 1e-9,
                      k: int = 5, batch_size: int | None = None, callback: Callable[[int, int], None] | None = None,
                      progress: bool | None = False) -> Iterator[Prediction]:
+        yield from self._iter(images, batch_size, progress, callback, self.scorer(rank, k, min_prob))
+
+    def scorer(self, rank: Rank | str = Rank.SPECIES, k: int = 5, min_prob: float = 1e-9,
+               bank: TextBank | None = None) -> Callable[[torch.Tensor], list[list[dict]]]:
+        """Image features [B, D] -> the result rows of each image: what `predict` does after the
+        image tower, for callers that run the tower themselves (the server batches requests)."""
         r = Rank.parse(rank)
         _check_k(k)
         scale = self.model.logit_scale
-        bank = self.bank
+        bank = bank if bank is not None else self.bank
         if r is Rank.SPECIES:
             table = bank.table
 
             def rows_for(feats):
                 probs, idx = bank.top_k(feats, k, scale)
                 return _per_image(_species_rows(table, idx.reshape(-1).numpy(), probs.reshape(-1).tolist()), probs.shape[1])
-        else:
-            _, groups = bank.groups(r)
-            cols = list(RANKS[: r + 1])
+            return rows_for
+        _, groups = bank.groups(r)
+        cols = list(RANKS[: r + 1])
 
-            def rows_for(feats):
-                probs, gid = bank.rollup(feats, r, k, scale, min_prob)
-                return _per_image(_table_rows(groups, cols, gid.reshape(-1).numpy(), probs.reshape(-1).tolist()), probs.shape[1])
-        yield from self._iter(images, batch_size, progress, callback, rows_for)
+        def rows_for(feats):
+            probs, gid = bank.rollup(feats, r, k, scale, min_prob)
+            return _per_image(_table_rows(groups, cols, gid.reshape(-1).numpy(), probs.reshape(-1).tolist()), probs.shape[1])
+        return rows_for
 
     def predict(self, images: Images, rank: Rank | str = Rank.SPECIES, min_prob: float = 1e-9, k: int = 5,
                 batch_size: int | None = None, callback: Callable[[int, int], None] | None = None) -> list[dict]:
@@ -258,13 +264,17 @@ class CustomLabelsClassifier(_Base):
 
     def predict_iter(self, images: Images | ImageLoader, k: int | None = None, batch_size: int | None = None,
                      callback: Callable[[int, int], None] | None = None, progress: bool | None = False) -> Iterator[Prediction]:
+        yield from self._iter(images, batch_size, progress, callback, self.scorer(k))
+
+    def scorer(self, k: int | None = None) -> Callable[[torch.Tensor], list[list[dict]]]:
+        """Image features [B, D] -> each image's best `k` labels (all when k is None)."""
         _check_k(k)
         n = len(self.classes) if not k or k > len(self.classes) else k
 
         def rows_for(feats):
             probs = self.bank.probabilities(feats, self.model.logit_scale)
             return [[{"classification": c, SCORE: p} for c, p in per] for per in self._scores(probs, n)]
-        yield from self._iter(images, batch_size, progress, callback, rows_for)
+        return rows_for
 
     def predict(self, images: Images, k: int | None = None, batch_size: int | None = None,
                 callback: Callable[[int, int], None] | None = None) -> list[dict]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import sys
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Callable, Iterable, Iterator, TypeVar
@@ -28,6 +29,23 @@ def _noop() -> None:
     return None
 
 
+def _die_with_parent(parent: int, initializer: Callable | None, *initargs) -> None:
+    """Worker start: exit when the parent dies (a killed build would otherwise leave its workers
+    waiting forever on a queue no one writes to), then the caller's initializer."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+        if os.getppid() != parent:  # the parent died before the call
+            os._exit(1)
+    if initializer is not None:
+        initializer(*initargs)
+
+
 class ordered_map:
     """Iterate over `fn(batch)` for each batch, in order; use as a context manager.
 
@@ -43,7 +61,8 @@ class ordered_map:
         self.pool: ProcessPoolExecutor | None = None
         if self.workers:
             ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-            self.pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=initializer, initargs=initargs)
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_die_with_parent,
+                                            initargs=(os.getpid(), initializer, *initargs))
             for f in [self.pool.submit(_noop) for _ in range(self.workers)]:
                 f.result()  # start every worker now
         elif initializer is not None:
