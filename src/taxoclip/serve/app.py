@@ -38,7 +38,7 @@ class ServeSettings:
     device: str = "auto"
     precision: str = "auto"
     max_batch: int = 64
-    max_wait_ms: float = 10.0
+    max_wait_ms: float = 25.0
     max_queue: int = 512  # photos waiting; beyond it requests get 503 + Retry-After
     request_timeout_s: float = 60.0
     api_key: str | None = None  # or the TAXOCLIP_API_KEY environment variable
@@ -64,7 +64,8 @@ def create_app(settings: ServeSettings | None = None, service=None) -> FastAPI:
     state: dict = {"service": service}
 
     async def lifespan(app: FastAPI):
-        if state["service"] is None:
+        owned = state["service"] is None  # a service given by the caller is the caller's to stop
+        if owned:
             from .service import IdentificationService
 
             state["service"] = await run_in_threadpool(
@@ -72,7 +73,8 @@ def create_app(settings: ServeSettings | None = None, service=None) -> FastAPI:
                 max_batch=settings.max_batch, max_wait_s=settings.max_wait_ms / 1000, max_queue=settings.max_queue)
         state["service"].batcher.start()
         yield
-        state["service"].batcher.stop()
+        if owned:
+            state["service"].batcher.stop()
 
     app = FastAPI(title="taxoclip", version=_version(), lifespan=lifespan,
                   description="Identify species across the tree of life from photos.")

@@ -43,7 +43,7 @@ class Batcher:
     job of the batch then fails with that error). `on_batch(n_photos, n_jobs)` observes.
     """
 
-    def __init__(self, run: Callable[[list[Job]], list[Any]], *, max_batch: int = 64, max_wait_s: float = 0.01,
+    def __init__(self, run: Callable[[list[Job]], list[Any]], *, max_batch: int = 64, max_wait_s: float = 0.025,
                  max_queue: int = 512, on_batch: Callable[[int, int], None] | None = None):
         self._run = run
         self.max_batch, self.max_wait_s, self.max_queue = max_batch, max_wait_s, max_queue

@@ -45,7 +45,7 @@ class _LRU(OrderedDict):
 
 class IdentificationService:
     def __init__(self, model: str | None = None, *, device: str = "auto", precision: str = "auto",
-                 max_batch: int = 64, max_wait_s: float = 0.01, max_queue: int = 512):
+                 max_batch: int = 64, max_wait_s: float = 0.025, max_queue: int = 512):
         self.classifier = TreeOfLifeClassifier(model, device=device, precision=precision, workers=0)
         self.model = self.classifier.model
         self._labels = _LRU(16)

@@ -1,0 +1,84 @@
+"""The web page in a real browser (Debian's Chromium, headless, driven by Playwright): drop a
+photo, see the lineage, switch rank, type labels; it also fits a phone-sized screen."""
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from helpers import bio_mini_photo
+from taxoclip.serve import ServeSettings, create_app
+from test_serve import LiveServer
+
+CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser")) if p), None)
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium (.ci/run installs Debian's package)")
+# Chromium would otherwise phone home for updates and field trials: nothing leaves this machine.
+QUIET = ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--no-first-run",
+         "--disable-sync", "--disable-default-apps", "--disable-features=Translate,OptimizationHints",
+         "--metrics-recording-only", "--no-pings"]
+
+
+@pytest.fixture(scope="module")
+def page_server():
+    srv = LiveServer(create_app(ServeSettings(precision="fp32")))
+    yield srv
+    srv.close()
+
+
+def test_page_identifies_a_dropped_photo_and_follows_rank_and_labels(page_server, bio_mini, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    data, rec = bio_mini_photo(bio_mini, "apple")
+    photo = tmp_path / "apple-leaf.jpg"
+    photo.write_bytes(data)
+    shot = Path(os.environ.get("TAXOCLIP_SCREENSHOT", tmp_path / "serve.png"))
+    outside = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=QUIET)
+        try:
+            page = browser.new_page(viewport={"width": 1000, "height": 800})
+
+            def only_local(route):
+                if route.request.url.startswith(page_server.url):
+                    return route.continue_()
+                outside.append(route.request.url)
+                return route.abort()
+            page.route("**/*", only_local)
+            page.goto(page_server.url + "/")
+            expect(page.locator("#model-line")).to_contain_text("taxoclip-mini")
+            page.set_input_files("#files", str(photo))
+            first = page.locator(".card .cand .name").first
+            expect(first).to_contain_text(rec["species"], timeout=60_000)
+            expect(page.locator(".card .cand .lineage").first).to_contain_text(rec["family"])
+            page.select_option("#rank", "family")
+            expect(first).to_contain_text(rec["family"], timeout=60_000)
+            expect(first).not_to_contain_text(rec["species"])
+            page.fill("#labels", "apple leaf, a dog, a car")
+            expect(first).to_contain_text("apple leaf", timeout=120_000)  # the first labels load the text tower
+            page.fill("#labels", "")
+            page.select_option("#rank", "species")
+            expect(first).to_contain_text(rec["species"], timeout=60_000)
+            page.screenshot(path=str(shot), full_page=True)
+            page.set_viewport_size({"width": 390, "height": 844})  # a phone
+            assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+            expect(page.locator(".card img").first).to_be_visible()
+        finally:
+            browser.close()
+    assert shot.stat().st_size > 10_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert outside == []
+
+
+def test_page_shows_an_error_for_a_file_that_is_not_a_photo(page_server, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("just text")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=QUIET)
+        try:
+            page = browser.new_page()
+            page.goto(page_server.url + "/")
+            page.set_input_files("#files", str(bad))
+            expect(page.locator(".card .error")).to_contain_text("not a JPEG", timeout=60_000)
+        finally:
+            browser.close()
