@@ -59,9 +59,13 @@ def client(live):
 
 
 @pytest.fixture(scope="module")
-def apple(bio_mini):
-    data, rec = bio_mini_photo(bio_mini, "apple")
-    return data, rec
+def apple(request):
+    """A bio-mini apple leaf (JPEG bytes) and its labels; without the corpus a synthetic photo and
+    None (the answers are then checked for form, not for the species)."""
+    try:
+        return bio_mini_photo(request.getfixturevalue("bio_mini"), "apple")
+    except pytest.skip.Exception:
+        return request.getfixturevalue("photos")[0].read_bytes(), None
 
 
 def _predict(client, files, **form):
@@ -70,7 +74,9 @@ def _predict(client, files, **form):
 
 def _assert_serving(client, apple):
     r = _predict(client, [("ok.jpg", apple[0], "image/jpeg")], k="1")
-    assert r.status_code == 200 and r.json()["results"][0]["candidates"][0]["name"] == apple[1]["species"]
+    best = r.json()["results"][0]["candidates"][0]
+    assert r.status_code == 200 and best["name"] == (apple[1]["species"] if apple[1] else best["lineage"]["genus"]
+                                                      + " " + best["lineage"]["species"])
 
 
 def test_predict_names_a_real_photo_with_its_lineage(client, apple):
@@ -80,8 +86,10 @@ def test_predict_names_a_real_photo_with_its_lineage(client, apple):
     res = r.json()["results"][0]
     assert res["file_name"] == "leaf.jpg" and res["rank"] == "species" and len(res["candidates"]) == 3
     best = res["candidates"][0]
-    assert best["name"] == rec["species"] and best["lineage"]["family"] == rec["family"]
-    assert best["lineage"]["genus"] + " " + best["lineage"]["species"] == rec["species"]
+    assert best["name"] == best["lineage"]["genus"] + " " + best["lineage"]["species"]
+    assert list(best["lineage"]) == ["kingdom", "phylum", "class", "order", "family", "genus", "species"]
+    if rec:
+        assert best["name"] == rec["species"] and best["lineage"]["family"] == rec["family"]
     scores = [c["score"] for c in res["candidates"]]
     assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1
 
@@ -99,7 +107,10 @@ def test_custom_labels_and_subsets(client, apple):
     data, rec = apple
     r = _predict(client, [("a.jpg", data, "image/jpeg")], labels="apple leaf, a dog, a car")
     cands = r.json()["results"][0]["candidates"]
-    assert [c["label"] for c in cands][0] == "apple leaf" and len(cands) == 3
+    assert {c["label"] for c in cands} == {"apple leaf", "a dog", "a car"}
+    assert sum(c["score"] for c in cands) == pytest.approx(1, abs=1e-5)
+    if rec:
+        assert cands[0]["label"] == "apple leaf"
     r = _predict(client, [("a.jpg", data, "image/jpeg")], subset="Felidae,Canidae", subset_rank="family", k="50")
     fams = {c["lineage"]["family"] for c in r.json()["results"][0]["candidates"]}
     assert fams <= {"Felidae", "Canidae"} and fams

@@ -15,7 +15,7 @@ from .. import __version__
 from ..errors import TaxoclipError
 
 # Sub-command modules, in the order `--help` lists them.
-COMMANDS = ["predict", "embed", "serve", "list_models", "list_taxa", "data", "train"]
+COMMANDS = ["predict", "embed", "serve", "eval", "list_models", "list_taxa", "data", "train"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -191,6 +191,9 @@ def find_images(inputs: Iterable[str | os.PathLike | Image.Image]) -> tuple[list
             refs.append(ImageRef(str(n_pil), image=item))
             n_pil += 1
             continue
+        if isinstance(item, ImageRef):  # already found (an evaluation set's members)
+            refs.append(item)
+            continue
         text = os.fspath(item)
         path = os.path.expanduser(text)
         if os.path.isdir(path):
