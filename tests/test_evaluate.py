@@ -104,3 +104,42 @@ def test_eval_few_shot_writes_the_table_with_a_random_floor(tmp_path, tiny_model
     one = _folder(tmp_path / "one", ["red fox"] * 3)
     assert cli(["eval", "few-shot", str(one), "--model", str(tiny_model_dir), "--out", str(out)]) == 2
     assert "no dataset with two or more classes" in capsys.readouterr().err
+
+
+def test_zero_shot_scores_every_rank_against_hand_made_banks(tmp_path, tiny_model_dir):
+    """Rows that are exactly the photos' embeddings: each photo's own taxon wins, so every rank is
+    right; swap two species of one genus and species top-1 falls to 0 while genus stays right."""
+    from taxoclip.evaluate import zero_shot
+    from taxoclip.models import load_model
+    from taxoclip.textbank import TextBank
+
+    root = tmp_path / "zs"
+    (root / "img").mkdir(parents=True)
+    rows = []
+    for i, (g, sp) in enumerate([("Vulpes", "vulpes"), ("Vulpes", "lagopus")]):
+        Image.new("RGB", (32, 32), (40 * i, 90, 200 - 40 * i)).save(root / "img" / f"{i}.jpg")
+        rows.append({"filepath": f"img/{i}.jpg", "class": f"{g} {sp}", "kingdom": "Animalia", "phylum": "Chordata",
+                     "class_": "", "order": "Carnivora", "family": "Canidae", "genus": g, "species": f"{g} {sp}"})
+    df = pd.DataFrame(rows)
+    df.to_csv(root / "metadata.csv", index=False)
+    ds = load_datasets([root])[0]
+    model = load_model(str(tiny_model_dir), precision="fp32")
+    feats = np.eye(2, model.embed_dim, dtype=np.float32)
+    table = pd.DataFrame({"kingdom": ["Animalia"] * 2, "phylum": ["Chordata"] * 2, "class": [""] * 2,
+                          "order": ["Carnivora"] * 2, "family": ["Canidae"] * 2, "genus": ["Vulpes"] * 2,
+                          "species_epithet": ["vulpes", "lagopus"], "common_name": ["", ""]})
+    right = zero_shot(model, ds, feats, TextBank.from_arrays(feats, table))
+    assert right["top1"]["species"] == 1.0 and right["top1"]["genus"] == 1.0 and right["top5"] == 1.0
+    swapped = zero_shot(model, ds, feats, TextBank.from_arrays(feats, table.iloc[::-1].reset_index(drop=True)))
+    assert swapped["top1"]["species"] == 0.0 and swapped["top1"]["genus"] == 1.0 and swapped["top5"] == 1.0
+
+
+def test_eval_zero_shot_cli_writes_tables(tmp_path, tiny_model_dir):
+    root = _folder(tmp_path, ["red fox"] * 2 + ["blue jay"] * 2)
+    out = tmp_path / "zs-out"
+    assert cli(["eval", "zero-shot", str(root), "--model", str(tiny_model_dir), "--random-init", "--text", "asis",
+                "--templates", "photo", "--out", str(out)]) == 0
+    table = pd.read_csv(out / "zero-shot.csv")
+    assert list(table.columns) == ["model", "set", "mean"] and len(table) == 2
+    ranks = pd.read_csv(out / "zero-shot-ranks.csv")
+    assert set(ranks["classes"]) == {2} and ranks["top1_species"].between(0, 1).all()

@@ -24,6 +24,25 @@ def register(sub) -> None:
                     help="the column to classify: target (the deepest taxon, default), a rank, label, or a trait")
     fs.add_argument("--out", default="results", help="folder for few-shot.csv/.md (default results/)")
     fs.set_defaults(func=run_few_shot)
+    zs = tasks.add_parser(
+        "zero-shot", help="zero-shot accuracy at every rank, against the sets' own taxa or a whole vocabulary",
+        description="For each dataset and model: embed the images once (cached), embed the class texts, and score "
+                    "top-1 at species (the whole label), genus, family, order, class, phylum, kingdom and species "
+                    "top-5. Writes zero-shot.csv/.md (species top-1: one row per model, one column per dataset and "
+                    "the mean) and zero-shot-ranks.csv (every rank).")
+    zs.add_argument("datasets", nargs="+", help="folders, as for few-shot")
+    zs.add_argument("--model", action="append", help="model id (repeatable; default taxoclip-mini)")
+    zs.add_argument("--random-init", action="store_true", help="add the first model's architecture with random weights")
+    zs.add_argument("--text", default=None,
+                    help="class text type: sci, com, taxon, taxon_com, … or asis (the class names as written); "
+                         "default: the model card's")
+    zs.add_argument("--templates", default=None, help="bioclip (80 OpenAI + 1), openai, photo or none; default: the card's")
+    zs.add_argument("--vocabulary", default="dataset",
+                    help="label set: dataset (each set's own taxa, default), model (the model's whole vocabulary) "
+                         "or a vocabulary path")
+    zs.add_argument("--splits", default="val,test", help="shard splits to read (default val,test)")
+    zs.add_argument("--out", default="results", help="folder for zero-shot.csv/.md (default results/)")
+    zs.set_defaults(func=run_zero_shot)
     p.set_defaults(func=lambda args: p.print_help() or 0)
 
 
@@ -36,6 +55,7 @@ def run_few_shot(args: argparse.Namespace) -> int:
 
     from ..errors import InputError
     from ..evaluate import few_shot, image_embeddings, load_datasets, random_init_model
+    from ..evaluate.tables import results_table, write_table
     from ..models import load_model
 
     shots = tuple(int(s) for s in args.shots.split(",") if s.strip())
@@ -70,16 +90,54 @@ def run_few_shot(args: argparse.Namespace) -> int:
             rows += [{"model": label, "shots": k, "dataset": ds.name, "accuracy": r["mean"], "std": r["std"]}
                      for k, r in res.items()]
     long = pd.DataFrame(rows)
-    table = long.pivot_table(index=["model", "shots"], columns="dataset", values="accuracy", sort=False, dropna=False)
-    table = table.reindex(columns=[d.name for d in datasets])  # a set with no queries (one photo per class) stays, empty
-    table["mean"] = table.mean(axis=1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (100 * table).round(2).to_csv(out / "few-shot.csv")
     long.to_csv(out / "few-shot-folds.csv", index=False)
-    md = (100 * table).round(1).reset_index()
-    lines = ["| " + " | ".join(map(str, md.columns)) + " |", "|" + "---|" * len(md.columns)]
-    lines += ["| " + " | ".join(str(v) for v in r) + " |" for r in md.itertuples(index=False)]
-    (out / "few-shot.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    print(write_table(results_table(long, [d.name for d in datasets], ["model", "shots"], "accuracy"), out,
+                      "few-shot"), end="")
+    return 0
+
+
+def run_zero_shot(args: argparse.Namespace) -> int:
+    import sys
+    import time
+    from pathlib import Path
+
+    import pandas as pd
+
+    from ..evaluate import image_embeddings, label_bank, load_datasets, random_init_model, zero_shot
+    from ..evaluate.tables import results_table, write_table
+    from ..models import load_model
+
+    datasets = load_datasets(args.datasets, [s.strip() for s in args.splits.split(",")])
+    if args.vocabulary == "dataset":  # one class is no test: a one-taxon label set is always right
+        for ds in [d for d in datasets if len(set(d.labels["target"]) - {""}) < 2]:
+            print(f"dataset {ds.name}: one class only; left out (score it with --vocabulary model)", file=sys.stderr)
+        datasets = [d for d in datasets if len(set(d.labels["target"]) - {""}) >= 2]
+        if not datasets:
+            from ..errors import InputError
+
+            raise InputError("no dataset with two or more classes")
+    ids = args.model or ["taxoclip-mini"]
+    models = [(m, lambda m=m: load_model(m, precision="fp32")) for m in ids]
+    if args.random_init:
+        models.append((f"{ids[0]} (random init)", lambda: random_init_model(ids[0])))
+    rows = []
+    for label, make in models:
+        model = make()
+        for ds in datasets:
+            t = time.perf_counter()
+            feats = image_embeddings(model, ds)
+            bank = label_bank(model, ds, args.text, args.templates, args.vocabulary)
+            res = zero_shot(model, ds, feats, bank)
+            print(f"{label} {ds.name}: species top-1 {100 * res['top1']['species']:.1f}, top-5 {100 * res['top5']:.1f} "
+                  f"({len(bank):,} classes, {time.perf_counter() - t:.1f} s)", file=sys.stderr)
+            rows.append({"model": label, "dataset": ds.name, "photos": res["n"], "classes": len(bank),
+                         **{f"top1_{r}": v for r, v in res["top1"].items()}, "top5_species": res["top5"]})
+    long = pd.DataFrame(rows)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    long.to_csv(out / "zero-shot-ranks.csv", index=False)
+    print(write_table(results_table(long, [d.name for d in datasets], ["model"], "top1_species"), out, "zero-shot"),
+          end="")
     return 0

@@ -10,5 +10,7 @@
 from .datasets import EvalDataset, load_datasets
 from .embeddings import image_embeddings, random_init_model
 from .fewshot import few_shot, simpleshot_accuracy
+from .zeroshot import label_bank, zero_shot
 
-__all__ = ["EvalDataset", "load_datasets", "image_embeddings", "random_init_model", "few_shot", "simpleshot_accuracy"]
+__all__ = ["EvalDataset", "load_datasets", "image_embeddings", "random_init_model", "few_shot", "simpleshot_accuracy",
+           "label_bank", "zero_shot"]

@@ -1,6 +1,7 @@
 """Labelled image sets for evaluation: webdataset shard sets with JSON metadata (bio-mini), and
 folders in the reference annotation layout (`metadata.csv` with `filepath`, `class`, optionally
-the seven ranks and `common_name`).
+the seven ranks and `common_name`; there `class` is the label to predict, so the taxonomic
+class goes in `taxon_class`).
 
 Every set becomes an `EvalDataset`: the images (`ImageRef`s, read by the same loader as
 `predict`) and a table with one row per image: `target` (the class to predict), the seven
@@ -89,8 +90,10 @@ def _from_folder(folder: Path) -> EvalDataset:
         path = folder / rec["filepath"]
         refs.append(ImageRef(str(path), path=str(path)))
         row = {r: rec.get(r, "") for r in RANK_NAMES}
+        row["class"] = rec.get("taxon_class", rec.get("class_", ""))  # `class` is the label in this layout
         row.update(common_name=rec.get("common_name", ""), label=rec["class"])
-        row.update({f"trait.{k}": v for k, v in rec.items() if k not in {*RANK_NAMES, "filepath", "class", "common_name"}})
+        row.update({f"trait.{k}": v for k, v in rec.items()
+                    if k not in {*RANK_NAMES, "filepath", "common_name", "taxon_class", "class_"}})
         rows.append(row)
     ds = _finish(folder.name, refs, rows, [meta])
     ds.labels["target"] = df["class"].to_numpy()  # the layout's class is what to predict
