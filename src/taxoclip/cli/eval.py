@@ -38,8 +38,8 @@ def register(sub) -> None:
                          "default: the model card's")
     zs.add_argument("--templates", default=None, help="bioclip (80 OpenAI + 1), openai, photo or none; default: the card's")
     zs.add_argument("--vocabulary", default="dataset",
-                    help="label set: dataset (each set's own taxa, default), model (the model's whole vocabulary) "
-                         "or a vocabulary path")
+                    help="label set: dataset (each set's own taxa, default), model (the model's whole vocabulary), "
+                         "a taxa table (.csv/.parquet with rank columns) or a vocabulary path")
     zs.add_argument("--splits", default="val,test", help="shard splits to read (default val,test)")
     zs.add_argument("--out", default="results", help="folder for zero-shot.csv/.md (default results/)")
     zs.set_defaults(func=run_zero_shot)

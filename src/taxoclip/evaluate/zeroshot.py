@@ -35,6 +35,8 @@ def label_bank(model, dataset: EvalDataset, text: str | None = None, templates: 
     """The class embeddings to score against (see the module's docstring)."""
     if vocabulary == "model":
         return TextBank.from_published(model=model)
+    if str(vocabulary).lower().endswith((".csv", ".parquet")):  # a taxa table (e.g. bio-mini's taxa.csv)
+        return TextBank.from_taxa(model, vocabulary, text=text, templates=templates)
     if vocabulary != "dataset":
         return TextBank.from_published(vocabulary, model=model)
     if text == "asis":
