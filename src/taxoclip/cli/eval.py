@@ -46,6 +46,18 @@ def register(sub) -> None:
     p.set_defaults(func=lambda args: p.print_help() or 0)
 
 
+def _models(args: argparse.Namespace) -> list:
+    """(label, loader) per model to evaluate: the --model ids, then the first one's random-init floor."""
+    from ..evaluate import random_init_model
+    from ..models import load_model
+
+    ids = args.model or ["taxoclip-mini"]
+    models = [(m, lambda m=m: load_model(m, precision="fp32")) for m in ids]
+    if args.random_init:
+        models.append((f"{ids[0]} (random init)", lambda: random_init_model(ids[0])))
+    return models
+
+
 def run_few_shot(args: argparse.Namespace) -> int:
     import sys
     import time
@@ -54,18 +66,14 @@ def run_few_shot(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from ..errors import InputError
-    from ..evaluate import few_shot, image_embeddings, load_datasets, random_init_model
+    from ..evaluate import few_shot, image_embeddings, load_datasets
     from ..evaluate.tables import results_table, write_table
-    from ..models import load_model
 
     shots = tuple(int(s) for s in args.shots.split(",") if s.strip())
     if not shots or min(shots) < 1:
         raise InputError(f"--shots {args.shots}: give positive integers")
     datasets = load_datasets(args.datasets, [s.strip() for s in args.splits.split(",")])
-    ids = args.model or ["taxoclip-mini"]
-    models = [(m, lambda m=m: load_model(m, precision="fp32")) for m in ids]
-    if args.random_init:
-        models.append((f"{ids[0]} (random init)", lambda: random_init_model(ids[0])))
+    models = _models(args)
     usable = []
     for ds in datasets:
         if len(set(ds.column(args.target).astype(str)) - {""}) < 2:
@@ -105,9 +113,8 @@ def run_zero_shot(args: argparse.Namespace) -> int:
 
     import pandas as pd
 
-    from ..evaluate import image_embeddings, label_bank, load_datasets, random_init_model, zero_shot
+    from ..evaluate import image_embeddings, label_bank, load_datasets, zero_shot
     from ..evaluate.tables import results_table, write_table
-    from ..models import load_model
 
     datasets = load_datasets(args.datasets, [s.strip() for s in args.splits.split(",")])
     if args.vocabulary == "dataset":  # one class is no test: a one-taxon label set is always right
@@ -118,10 +125,7 @@ def run_zero_shot(args: argparse.Namespace) -> int:
             from ..errors import InputError
 
             raise InputError("no dataset with two or more classes")
-    ids = args.model or ["taxoclip-mini"]
-    models = [(m, lambda m=m: load_model(m, precision="fp32")) for m in ids]
-    if args.random_init:
-        models.append((f"{ids[0]} (random init)", lambda: random_init_model(ids[0])))
+    models = _models(args)
     rows = []
     for label, make in models:
         model = make()
