@@ -138,8 +138,10 @@ def test_embed_search_models_health_metrics_and_openapi(client, apple):
     model = client.get("/v1/models").json()["models"][0]
     assert model["id"] == "taxoclip-mini" and model["vocabulary"]["taxa"] >= 300_000
     assert client.get("/healthz").json() == {"status": "ok"} and client.get("/readyz").json()["status"] == "ready"
+    assert client.get("/v1/scan-me-123").status_code == 404
     metrics = client.get("/metrics").text
     assert 'taxoclip_requests_total{route="/v1/embed",status="200"}' in metrics
+    assert 'route="other",status="404"' in metrics and "scan-me" not in metrics  # no label per random URL
     assert "taxoclip_batch_photos_bucket" in metrics and "taxoclip_queue_photos" in metrics
     assert "/v1/predict" in client.get("/openapi.json").json()["paths"]
     page = client.get("/")

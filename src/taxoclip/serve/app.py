@@ -30,6 +30,13 @@ __all__ = ["ServeSettings", "create_app"]
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 API_KEY_ENV = "TAXOCLIP_API_KEY"
+# Metrics label routes by name; any other path counts as "other" (a scanner's random URLs must
+# not grow the label set, and with it the server's memory).
+ROUTES = frozenset({"/v1/predict", "/v1/embed", "/v1/taxa", "/v1/models", "/healthz", "/readyz"})
+
+
+def _route(path: str) -> str:
+    return path if path in ROUTES else "other"
 
 
 @dataclass
@@ -84,21 +91,21 @@ def create_app(settings: ServeSettings | None = None, service=None) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["*"])
 
-    app.add_middleware(BodyLimit, limit=settings.limits.max_request_bytes, on_refused=lambda route: requests.labels(
-        route, "413").inc())
+    app.add_middleware(BodyLimit, limit=settings.limits.max_request_bytes, on_refused=lambda path: requests.labels(
+        _route(path), "413").inc())
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
         """API key (constant-time comparison) and metrics."""
-        route = request.url.path
+        route = _route(request.url.path)
         start = time.perf_counter()
-        if route.startswith("/v1/") and api_key is not None:
+        if request.url.path.startswith("/v1/") and api_key is not None:
             given = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ")
             if not hmac.compare_digest(given.encode(), api_key.encode()):
                 requests.labels(route, "401").inc()
                 return JSONResponse({"detail": "missing or wrong API key"}, status_code=401)
         response = await call_next(request)
-        if route.startswith("/v1/") or route in ("/healthz", "/readyz"):
+        if request.url.path.startswith("/v1/") or route != "other":
             requests.labels(route, str(response.status_code)).inc()
             latency.labels(route).observe(time.perf_counter() - start)
         return response
