@@ -8,13 +8,25 @@ from PIL import Image
 from taxoclip.cli import main as cli
 from taxoclip.errors import InputError
 from taxoclip.evaluate import few_shot, image_embeddings, load_datasets, simpleshot_accuracy
-from taxoclip.evaluate.fewshot import split_fold
+from taxoclip.evaluate.fewshot import knn_accuracy, linear_probe_accuracy, split_fold
 
 
 def test_separable_classes_are_all_right():
     feats = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]], dtype=float)
     classes = np.array(["a", "a", "b", "b"])
     assert all(simpleshot_accuracy(feats, classes, 1, f) == 1.0 for f in range(5))
+
+
+def test_knn_and_linear_probe_on_the_same_folds():
+    feats = np.array([[1, 0.1], [0.9, 0], [1, -0.1], [0, 1], [0.1, 0.9], [-0.1, 1]], dtype=float)
+    classes = np.array(["a", "a", "a", "b", "b", "b"])
+    assert all(knn_accuracy(feats, classes, 1, f) == 1.0 for f in range(3))
+    assert all(linear_probe_accuracy(feats, classes, 2, f) == 1.0 for f in range(3))
+    # 3 neighbours out of 2 + 2 supports: a 2-2 vote is a tie, won by the class of the nearest photo
+    far = np.array([[1, 0], [1, 0], [0, 1], [0, 1], [0.8, 0.2], [0.2, 0.8]], dtype=float)
+    cls = np.array(["a", "a", "b", "b", "a", "b"])
+    assert knn_accuracy(far, cls, 2, 0, neighbors=4) == 1.0
+    assert np.isnan(knn_accuracy(feats[:2], classes[:2], 5, 0))  # no queries
 
 
 def test_a_tie_goes_to_the_class_that_sorts_first():
@@ -97,10 +109,13 @@ def test_eval_few_shot_writes_the_table_with_a_random_floor(tmp_path, tiny_model
     assert cli(["eval", "few-shot", str(root), "--model", str(tiny_model_dir), "--random-init", "--shots", "1,2",
                 "--folds", "2", "--out", str(out)]) == 0
     table = pd.read_csv(out / "few-shot.csv")
-    assert list(table.columns) == ["model", "shots", "set", "mean"]
+    assert list(table.columns) == ["model", "method", "shots", "set", "mean"]
     assert len(table) == 4 and table["model"].str.contains("random init").sum() == 2
     assert table["mean"].between(0, 100).all()
-    assert "| model | shots | set | mean |" in (out / "few-shot.md").read_text()
+    assert "| model | method | shots | set | mean |" in (out / "few-shot.md").read_text()
+    assert cli(["eval", "few-shot", str(root), "--model", str(tiny_model_dir), "--method", "knn,linear", "--shots", "1",
+                "--folds", "2", "--out", str(out)]) == 0
+    assert set(pd.read_csv(out / "few-shot.csv")["method"]) == {"knn", "linear"}
     one = _folder(tmp_path / "one", ["red fox"] * 3)
     assert cli(["eval", "few-shot", str(one), "--model", str(tiny_model_dir), "--out", str(out)]) == 2
     assert "no dataset with two or more classes" in capsys.readouterr().err

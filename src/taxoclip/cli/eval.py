@@ -19,6 +19,8 @@ def register(sub) -> None:
     fs.add_argument("--random-init", action="store_true", help="add the first model's architecture with random weights")
     fs.add_argument("--shots", default="1,5", help="comma-separated k (default 1,5)")
     fs.add_argument("--folds", type=int, default=5, help="folds per k (default 5)")
+    fs.add_argument("--method", default="simpleshot",
+                    help="comma-separated: simpleshot (default), knn (nearest support photo), linear (logistic probe)")
     fs.add_argument("--splits", default="val,test", help="shard splits to read (default val,test)")
     fs.add_argument("--target", default="target",
                     help="the column to classify: target (the deepest taxon, default), a rank, label, or a trait")
@@ -69,7 +71,13 @@ def run_few_shot(args: argparse.Namespace) -> int:
     from ..evaluate import few_shot, image_embeddings, load_datasets
     from ..evaluate.tables import results_table, write_table
 
+    from ..evaluate.fewshot import METHODS
+
     shots = tuple(int(s) for s in args.shots.split(",") if s.strip())
+    methods = [m.strip() for m in args.method.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise InputError(f"--method {args.method}: expected some of {', '.join(METHODS)}")
     if not shots or min(shots) < 1:
         raise InputError(f"--shots {args.shots}: give positive integers")
     datasets = load_datasets(args.datasets, [s.strip() for s in args.splits.split(",")])
@@ -89,19 +97,20 @@ def run_few_shot(args: argparse.Namespace) -> int:
         for ds in datasets:
             target = ds.column(args.target).astype(str).to_numpy()
             keep = target != ""
-            t = time.perf_counter()
             feats = image_embeddings(model, ds)[keep]
-            res = few_shot(feats, target[keep], shots, args.folds)
-            print(f"{label} {ds.name}: " + ", ".join(f"{k}-shot {100 * r['mean']:.1f}±{100 * r['std']:.1f}"
-                                                    for k, r in res.items()) + f" ({time.perf_counter() - t:.1f} s)",
-                  file=sys.stderr)
-            rows += [{"model": label, "shots": k, "dataset": ds.name, "accuracy": r["mean"], "std": r["std"]}
-                     for k, r in res.items()]
+            for method in methods:
+                t = time.perf_counter()
+                res = few_shot(feats, target[keep], shots, args.folds, method)
+                print(f"{label} {ds.name} {method}: " + ", ".join(
+                    f"{k}-shot {100 * r['mean']:.1f}±{100 * r['std']:.1f}" for k, r in res.items())
+                    + f" ({time.perf_counter() - t:.1f} s)", file=sys.stderr)
+                rows += [{"model": label, "method": method, "shots": k, "dataset": ds.name, "accuracy": r["mean"],
+                          "std": r["std"]} for k, r in res.items()]
     long = pd.DataFrame(rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     long.to_csv(out / "few-shot-folds.csv", index=False)
-    print(write_table(results_table(long, [d.name for d in datasets], ["model", "shots"], "accuracy"), out,
+    print(write_table(results_table(long, [d.name for d in datasets], ["model", "method", "shots"], "accuracy"), out,
                       "few-shot"), end="")
     return 0
 

@@ -7,12 +7,16 @@ unit length. A class's centroid is the mean of its normalised support; a query i
 the nearest centroid (Euclidean; on a tie, the class that sorts first). A class with no more
 photos than `shots` has a centroid but no queries. Accuracy is over all queries of a fold;
 the result is the mean and standard deviation over folds.
+
+Two other classifiers run on the same folds and the same CL2N features: `knn` (the majority
+of the `neighbors` nearest support photos; a tie goes to the nearest of the tied classes) and
+`linear` (a logistic-regression probe fitted on the support photos, scikit-learn's L-BFGS).
 """
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["simpleshot_accuracy", "few_shot", "split_fold"]
+__all__ = ["simpleshot_accuracy", "knn_accuracy", "linear_probe_accuracy", "few_shot", "split_fold", "METHODS"]
 
 
 def split_fold(classes: np.ndarray, shots: int, fold: int) -> tuple[np.ndarray, np.ndarray]:
@@ -49,13 +53,58 @@ def simpleshot_accuracy(feats: np.ndarray, classes: np.ndarray, shots: int, fold
     return float((names[d.argmin(axis=1)] == classes[qry]).mean())
 
 
-def few_shot(feats: np.ndarray, classes: np.ndarray, shots: tuple[int, ...] = (1, 5), folds: int = 5) -> dict:
+def _fold(feats, classes, shots, fold):
+    """CL2N support and queries of one fold: (support x, support y, query x, query y) or None."""
+    feats = np.asarray(feats, dtype=np.float64)
+    classes = np.asarray(classes)
+    sup, qry = split_fold(classes, shots, fold)
+    if len(qry) == 0:
+        return None
+    mean = feats[sup].mean(axis=0)
+    return _cl2n(feats[sup], mean), classes[sup], _cl2n(feats[qry], mean), classes[qry]
+
+
+def knn_accuracy(feats: np.ndarray, classes: np.ndarray, shots: int, fold: int, neighbors: int = 1) -> float:
+    split = _fold(feats, classes, shots, fold)
+    if split is None:
+        return float("nan")
+    s, sy, q, qy = split
+    n = min(neighbors, len(s))
+    order = np.argsort(((q[:, None, :] - s[None, :, :]) ** 2).sum(-1), axis=1, kind="stable")[:, :n]
+    pred = []
+    for row in sy[order]:
+        names, counts = np.unique(row, return_counts=True)
+        best = set(names[counts == counts.max()])
+        pred.append(next(c for c in row if c in best))  # the nearest among the most voted
+    return float((np.array(pred) == qy).mean())
+
+
+def linear_probe_accuracy(feats: np.ndarray, classes: np.ndarray, shots: int, fold: int, c: float = 1.0) -> float:
+    from sklearn.linear_model import LogisticRegression
+
+    split = _fold(feats, classes, shots, fold)
+    if split is None:
+        return float("nan")
+    s, sy, q, qy = split
+    if len(set(sy)) < 2:
+        return float((qy == sy[0]).mean())
+    probe = LogisticRegression(C=c, max_iter=1000).fit(s, sy)
+    return float((probe.predict(q) == qy).mean())
+
+
+METHODS = {"simpleshot": simpleshot_accuracy, "knn": knn_accuracy, "linear": linear_probe_accuracy}
+
+
+def few_shot(feats: np.ndarray, classes: np.ndarray, shots: tuple[int, ...] = (1, 5), folds: int = 5,
+             method: str = "simpleshot") -> dict:
     """{shots: {"mean", "std", "folds": [...]}} over `folds` folds.
 
     A set where no class has more than k photos has no queries: mean and std are NaN."""
+    if method not in METHODS:
+        raise ValueError(f"unknown few-shot method {method!r}; expected one of {', '.join(METHODS)}")
     out = {}
     for k in shots:
-        accs = [simpleshot_accuracy(feats, classes, k, f) for f in range(folds)]
+        accs = [METHODS[method](feats, classes, k, f) for f in range(folds)]
         done = [a for a in accs if a == a]
         out[k] = {"mean": float(np.mean(done)) if done else float("nan"),
                   "std": float(np.std(done)) if done else float("nan"), "folds": accs}
