@@ -119,6 +119,9 @@ def test_eval_few_shot_writes_the_table_with_a_random_floor(tmp_path, tiny_model
     one = _folder(tmp_path / "one", ["red fox"] * 3)
     assert cli(["eval", "few-shot", str(one), "--model", str(tiny_model_dir), "--out", str(out)]) == 2
     assert "no dataset with two or more classes" in capsys.readouterr().err
+    assert cli(["eval", "few-shot", str(root), "--model", str(tiny_model_dir), "--method", "bogus",
+                "--out", str(out)]) == 2
+    assert "expected some of simpleshot, knn, linear" in capsys.readouterr().err
 
 
 def test_zero_shot_scores_every_rank_against_hand_made_banks(tmp_path, tiny_model_dir):

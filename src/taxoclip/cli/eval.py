@@ -61,52 +61,15 @@ def _models(args: argparse.Namespace) -> list:
 
 
 def run_few_shot(args: argparse.Namespace) -> int:
-    import sys
-    import time
     from pathlib import Path
 
-    import pandas as pd
-
-    from ..errors import InputError
-    from ..evaluate import few_shot, image_embeddings, load_datasets
+    from ..evaluate import load_datasets
+    from ..evaluate.runs import few_shot_runs, with_classes
     from ..evaluate.tables import results_table, write_table
 
-    from ..evaluate.fewshot import METHODS
-
-    shots = tuple(int(s) for s in args.shots.split(",") if s.strip())
-    methods = [m.strip() for m in args.method.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        raise InputError(f"--method {args.method}: expected some of {', '.join(METHODS)}")
-    if not shots or min(shots) < 1:
-        raise InputError(f"--shots {args.shots}: give positive integers")
-    datasets = load_datasets(args.datasets, [s.strip() for s in args.splits.split(",")])
-    models = _models(args)
-    usable = []
-    for ds in datasets:
-        if len(set(ds.column(args.target).astype(str)) - {""}) < 2:
-            print(f"dataset {ds.name}: {args.target} has fewer than two classes; left out", file=sys.stderr)
-        else:
-            usable.append(ds)
-    if not usable:
-        raise InputError(f"no dataset with two or more classes of {args.target}")
-    datasets = usable
-    rows = []
-    for label, make in models:
-        model = make()
-        for ds in datasets:
-            target = ds.column(args.target).astype(str).to_numpy()
-            keep = target != ""
-            feats = image_embeddings(model, ds)[keep]
-            for method in methods:
-                t = time.perf_counter()
-                res = few_shot(feats, target[keep], shots, args.folds, method)
-                print(f"{label} {ds.name} {method}: " + ", ".join(
-                    f"{k}-shot {100 * r['mean']:.1f}±{100 * r['std']:.1f}" for k, r in res.items())
-                    + f" ({time.perf_counter() - t:.1f} s)", file=sys.stderr)
-                rows += [{"model": label, "method": method, "shots": k, "dataset": ds.name, "accuracy": r["mean"],
-                          "std": r["std"]} for k, r in res.items()]
-    long = pd.DataFrame(rows)
+    datasets = with_classes(load_datasets(args.datasets, _split(args.splits)), args.target)
+    long = few_shot_runs(datasets, _models(args), shots=[int(s) for s in _split(args.shots)], folds=args.folds,
+                         methods=_split(args.method), target=args.target, report=_report)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     long.to_csv(out / "few-shot-folds.csv", index=False)
@@ -116,41 +79,30 @@ def run_few_shot(args: argparse.Namespace) -> int:
 
 
 def run_zero_shot(args: argparse.Namespace) -> int:
-    import sys
-    import time
     from pathlib import Path
 
-    import pandas as pd
-
-    from ..evaluate import image_embeddings, label_bank, load_datasets, zero_shot
+    from ..evaluate import load_datasets
+    from ..evaluate.runs import with_classes, zero_shot_runs
     from ..evaluate.tables import results_table, write_table
 
-    datasets = load_datasets(args.datasets, [s.strip() for s in args.splits.split(",")])
-    if args.vocabulary == "dataset":  # one class is no test: a one-taxon label set is always right
-        for ds in [d for d in datasets if len(set(d.labels["target"]) - {""}) < 2]:
-            print(f"dataset {ds.name}: one class only; left out (score it with --vocabulary model)", file=sys.stderr)
-        datasets = [d for d in datasets if len(set(d.labels["target"]) - {""}) >= 2]
-        if not datasets:
-            from ..errors import InputError
-
-            raise InputError("no dataset with two or more classes")
-    models = _models(args)
-    rows = []
-    for label, make in models:
-        model = make()
-        for ds in datasets:
-            t = time.perf_counter()
-            feats = image_embeddings(model, ds)
-            bank = label_bank(model, ds, args.text, args.templates, args.vocabulary)
-            res = zero_shot(model, ds, feats, bank)
-            print(f"{label} {ds.name}: species top-1 {100 * res['top1']['species']:.1f}, top-5 {100 * res['top5']:.1f} "
-                  f"({len(bank):,} classes, {time.perf_counter() - t:.1f} s)", file=sys.stderr)
-            rows.append({"model": label, "dataset": ds.name, "photos": res["n"], "classes": len(bank),
-                         **{f"top1_{r}": v for r, v in res["top1"].items()}, "top5_species": res["top5"]})
-    long = pd.DataFrame(rows)
+    datasets = load_datasets(args.datasets, _split(args.splits))
+    if args.vocabulary == "dataset":  # against its own single taxon a one-class set is always right
+        datasets = with_classes(datasets, "target", " (score it with --vocabulary model)")
+    long = zero_shot_runs(datasets, _models(args), text=args.text, templates=args.templates, vocabulary=args.vocabulary,
+                          report=_report)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     long.to_csv(out / "zero-shot-ranks.csv", index=False)
     print(write_table(results_table(long, [d.name for d in datasets], ["model"], "top1_species"), out, "zero-shot"),
           end="")
     return 0
+
+
+def _report(line: str) -> None:
+    import sys
+
+    print(line, file=sys.stderr, flush=True)
+
+
+def _split(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]

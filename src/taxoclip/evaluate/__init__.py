@@ -10,7 +10,8 @@
 from .datasets import EvalDataset, load_datasets
 from .embeddings import image_embeddings, random_init_model
 from .fewshot import few_shot, simpleshot_accuracy
+from .runs import few_shot_runs, zero_shot_runs
 from .zeroshot import label_bank, zero_shot
 
 __all__ = ["EvalDataset", "load_datasets", "image_embeddings", "random_init_model", "few_shot", "simpleshot_accuracy",
-           "label_bank", "zero_shot"]
+           "label_bank", "zero_shot", "few_shot_runs", "zero_shot_runs"]
