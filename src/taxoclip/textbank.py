@@ -47,7 +47,8 @@ EMB_FILE, NAMES_FILE = "txt_emb_species.npy", "txt_emb_species.json"
 # The compact layout a bundled model ships: int8 rows with one float32 scale each, and the taxa table.
 COMPACT_EMB, COMPACT_TAXA = "vocabulary.safetensors", "vocabulary.parquet"
 # Rows per scoring step: a batch's logits for one chunk (64 x 16384 floats, 4 MB) stay in cache
-# while they are reduced (16384 rows: 2.6 ms per photo on 300K rows, 2 Zen 3 cores; 65536: 4.6).
+# while they are reduced (300K int8 rows, 2 Zen 3 cores: 2.81 ms per photo vs 3.03 with 65536 rows,
+# `bench/bench_inference_form.py`).
 CHUNK_ROWS = 16384
 _STORAGE = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.uint16, torch.int8: np.int8}
 

@@ -2,8 +2,9 @@
 "same" padding made static for the model's input size, the result traced into a graph of
 plain `torch.nn` modules, and cached.
 
-Why: on a CPU a folded convolutional tower runs ~1.7x faster (EfficientNet-Lite0 at 96 px on
-2 Zen 3 cores: 6.4 -> 3.7 ms per photo; each batch norm was a pass over memory of its own),
+Why: on a CPU a folded convolutional tower runs faster (EfficientNet-Lite0 at 96 px, batch 64,
+2 Zen 3 cores: 4.76 -> 3.62 ms per photo, `bench/bench_inference_form.py`; each batch norm was
+a pass over memory of its own),
 and the traced graph loads without importing timm or open_clip, which with torchvision and
 torch._dynamo behind them take ~4 s of every run's start on such a machine.
 """
