@@ -264,6 +264,18 @@ def test_malformed_archives_name_the_file(tmp_path, case, message):
         assert str(root) in str(err.value)
 
 
+def test_meta_xml_with_an_external_entity_is_refused(tmp_path):
+    terms = [DWC + "occurrenceID", DWC + "scientificName"]
+    meta = _meta(("occurrence.txt", DWC + "Occurrence", terms, {}), []).replace(
+        "<archive ", '<!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]><archive ', 1)
+    meta = meta.replace("<location>occurrence.txt</location>", "<location>&e;</location>")
+    path = _write(tmp_path / "xxe", {"meta.xml": meta, "occurrence.txt": "occurrenceID\tscientificName\n"},
+                  as_zip=True)
+    with pytest.raises(InputError, match="meta.xml: refused") as err:
+        list(read_dwca(path))
+    assert str(tmp_path / "xxe") in str(err.value) and "\n" not in str(err.value)
+
+
 def test_archive_images_fetched_from_a_local_server(tmp_path, images):
     """The issue's check: 404s, slow answers, 429-then-OK and a redirect; every reachable image once."""
     pytest.importorskip("aiohttp")

@@ -164,6 +164,7 @@ class TreeOfLifeClassifier(_Base):
                 else TextBank.from_published(vocabulary, model=self.model))
         self.full_bank = bank.to(self.model.device)
         self.bank = self.full_bank
+        self.temperature = 1.0  # a calibration's (`taxoclip calibrate`); 1 = the model's own scale
 
     # pybioclip's subset API
     def get_label_data(self) -> pd.DataFrame:
@@ -197,7 +198,7 @@ class TreeOfLifeClassifier(_Base):
         image tower, for callers that run the tower themselves (the server batches requests)."""
         r = Rank.parse(rank)
         _check_k(k)
-        scale = self.model.logit_scale
+        scale = self.scale
         bank = bank if bank is not None else self.bank
         if r is Rank.SPECIES:
             table = bank.table
@@ -218,6 +219,21 @@ class TreeOfLifeClassifier(_Base):
                 batch_size: int | None = None, callback: Callable[[int, int], None] | None = None) -> list[dict]:
         """Top-k taxa per image: dicts with `file_name`, the ranks, `common_name` (species) and `score`."""
         return _rows(self.predict_iter(images, rank, min_prob, k, batch_size, callback))
+
+    def masses_iter(self, images: Images | ImageLoader, n_species: int, n_groups: int, batch_size: int | None = None,
+                    progress: bool | None = False) -> Iterator[tuple[list[str], tuple | None, dict[int, str]]]:
+        """Per batch: (photo names, `TextBank.masses` of the readable ones or None, errors by position):
+        what `taxoclip.decide` stores and decides on."""
+        _check_k(n_species)
+        _check_k(n_groups)
+        for refs, feats, ok, errors in self._features(images, batch_size, progress):
+            masses = self.bank.masses(feats, self.scale, n_species, n_groups) if feats is not None else None
+            yield [r.name for r in refs], masses, errors
+
+    @property
+    def scale(self) -> float:
+        """The logit scale scores use: the model's, divided by a calibration's temperature."""
+        return self.model.logit_scale / self.temperature
 
 
 def _table_rows(table: pd.DataFrame, cols: list[str], positions: np.ndarray, scores: list[float]) -> list[dict]:

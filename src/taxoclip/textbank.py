@@ -73,7 +73,7 @@ class TextBank:
         self.name = name
         self.cache_dir = cache_dir
         self._table: pd.DataFrame | None = None
-        self._groups: dict[int, tuple[torch.Tensor, pd.DataFrame]] = {}
+        self._groups: dict = {}  # rank -> (codes, groups); ('parent', rank) -> genus-to-rank codes
 
     # ----- description ---------------------------------------------------------------------
     def __len__(self) -> int:
@@ -294,18 +294,64 @@ class TextBank:
         k = _check_k(k, len(groups))
         low = self._compute_dtype(feats.device) != torch.float32
         lse, cand_v, cand_i = self._scan(feats, scale, 64 if low else 0)
-        acc = torch.zeros(feats.shape[0], len(groups), dtype=torch.float64, device=feats.device)
+        acc = self._group_sums(feats, scale, codes, len(groups), lse, cand_v, cand_i, min_prob)
+        v, g = acc.float().topk(k, dim=1)
+        return v.cpu(), g.cpu()
+
+    @torch.inference_mode()
+    def masses(self, feats: torch.Tensor, scale: float, n_rows: int, n_groups: int
+               ) -> tuple[torch.Tensor, torch.Tensor, dict[Rank, tuple[torch.Tensor, torch.Tensor]]]:
+        """The best rows and the best groups at every higher rank, from one partition function.
+
+        What a decision needs (`taxoclip.decide`), in two passes over the bank instead of one
+        roll-up per rank: genus sums are accumulated once and folded up the tree.
+        Returns (row probabilities [B, n'], row positions [B, n'], {rank: (probabilities [B, m'],
+        group ids [B, m'])} for kingdom … genus); nothing is left out of the sums.
+        """
+        n = _check_k(n_rows, len(self))
+        low = self._compute_dtype(feats.device) != torch.float32
+        lse, cand_v, cand_i = self._scan(feats, scale, max(4 * n, 64) if low else n)
+        v, order = cand_v.topk(n, dim=1)
+        row_p, row_i = torch.exp(v - lse[:, None]).cpu(), cand_i.gather(1, order).cpu()
+        codes, genera = self.groups(Rank.GENUS)
+        genus_p = self._group_sums(feats, scale, codes, len(genera), lse, cand_v, cand_i, 0.0)
+        out = {}
+        for r in list(Rank)[: Rank.GENUS + 1]:
+            if r is Rank.GENUS:
+                acc = genus_p
+            else:
+                parent, groups = self._parent_codes(r)
+                acc = torch.zeros(genus_p.shape[0], len(groups), dtype=torch.float64, device=genus_p.device)
+                acc.index_add_(1, parent.to(genus_p.device), genus_p)
+            p, g = acc.float().topk(min(n_groups, acc.shape[1]), dim=1)
+            out[r] = (p.cpu(), g.cpu())
+        return row_p, row_i, out
+
+    def _group_sums(self, feats, scale, codes, n_groups, lse, cand_v, cand_i, min_prob) -> torch.Tensor:
+        """Summed probability of each group [B, n_groups] (float64), in one pass over the bank."""
+        low = self._compute_dtype(feats.device) != torch.float32
+        acc = torch.zeros(feats.shape[0], n_groups, dtype=torch.float64, device=feats.device)
         codes = codes.to(feats.device)
         for s, logits in self._logit_chunks(feats.float(), scale):
             e = s + logits.shape[1]
-            if low:  # use the fp32 logits of the candidates that fall in this chunk
+            if low and cand_v.shape[1]:  # use the fp32 logits of the candidates that fall in this chunk
                 b, j = torch.nonzero((cand_i >= s) & (cand_i < e), as_tuple=True)
                 logits[b, cand_i[b, j] - s] = cand_v[b, j]
             p = torch.exp(logits - lse[:, None])
             p = torch.where(p > min_prob, p, 0.0).double()
             acc.index_add_(1, codes[s:e], p)
-        v, g = acc.float().topk(k, dim=1)
-        return v.cpu(), g.cpu()
+        return acc
+
+    def _parent_codes(self, rank: Rank) -> tuple[torch.Tensor, pd.DataFrame]:
+        """The group at `rank` of every genus group, and the groups at `rank`."""
+        key = ("parent", int(rank))
+        if key not in self._groups:
+            genus_codes, genera = self.groups(Rank.GENUS)
+            codes, groups = self.groups(rank)
+            parent = torch.zeros(len(genera), dtype=torch.int64)
+            parent[genus_codes] = codes  # a genus group lies in exactly one group of each higher rank
+            self._groups[key] = (parent, groups)
+        return self._groups[key]
 
     def groups(self, rank: Rank | str) -> tuple[torch.Tensor, pd.DataFrame]:
         """Group id of every row at `rank` and a table of the groups (rank columns up to it).

@@ -56,3 +56,44 @@ def start_loader(args: argparse.Namespace, command: str):
     for p in problems:
         print(f"taxoclip {command}: {p}", file=sys.stderr)
     return loader, problems
+
+
+def add_decision_options(p: argparse.ArgumentParser, *, predict: bool) -> None:
+    """Options of the decision rule (`predict` and `decide` share them, so they mean the same)."""
+    g = p.add_argument_group("decisions" + (" (any of these adds prediction, prediction_rank, prediction_score, "
+                                             "prediction_source and note columns)" if predict else ""))
+    if predict:
+        g.add_argument("--decide", action="store_true",
+                       help="answer each photo at the deepest rank the model is sure of (default thresholds)")
+        g.add_argument("--scores", metavar="FILE.parquet",
+                       help="store what any later decision needs, for `taxoclip decide` (no model needed then)")
+        g.add_argument("--candidates", type=positive_int, default=None,
+                       help="species stored per photo (default 20); groups per higher rank: --groups (default 5)")
+        g.add_argument("--groups", type=positive_int, default=None, help=argparse.SUPPRESS)
+        g.add_argument("--calibration", default="auto", metavar="auto|none|FILE",
+                       help="temperature for decision scores: auto (default) uses the model's stored calibration "
+                            "(`taxoclip calibrate`; shipped for taxoclip-mini), none the raw scores")
+    g.add_argument("--threshold", metavar="T",
+                   help="probability a rank needs: one value for every rank, or e.g. species=0.85,genus=0.75 "
+                        "(ranks not named keep their defaults; see docs/decisions.md)")
+    g.add_argument("--taxon-thresholds", metavar="CSV", help="per-taxon thresholds: columns rank, taxon, threshold")
+    g.add_argument("--context", metavar="CSV",
+                   help="where and when photos were taken: file column (filepath/file_name) and any of latitude, "
+                        "longitude, country, admin1, site, deployment, datetime (else EXIF GPS and time)")
+    g.add_argument("--prior", action="append", metavar="FILE",
+                   help="range data for a location prior (repeatable): a SpeciesNet geofence JSON, a presence "
+                        "table from `taxoclip geo build`, or a checklist CSV")
+    g.add_argument("--prior-mode", choices=["mask", "soft"], default="mask",
+                   help="mask (default): taxa absent at the photo's place are removed; soft: down-weighted by "
+                        "--prior-weight. Taxa without range data are never removed")
+    g.add_argument("--prior-weight", type=float, default=0.1, help="weight of absent taxa with --prior-mode soft")
+    g.add_argument("--events", action="store_true",
+                   help="group photos into events (same deployment or folder, at most --event-gap seconds apart) "
+                        "and decide once per event")
+    g.add_argument("--event-gap", type=float, default=60.0, help="seconds between photos of one event (default 60)")
+    g.add_argument("--events-output", metavar="FILE", help="also write one row per event here")
+
+
+def wants_decisions(args: argparse.Namespace) -> bool:
+    return bool(args.decide or args.scores or args.threshold or args.taxon_thresholds or args.prior or args.events
+                or args.context or args.events_output)

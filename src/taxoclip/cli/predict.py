@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._options import RANK_NAMES, add_model_options, add_run_options, positive_int, start_loader
+from ._options import (RANK_NAMES, add_decision_options, add_model_options, add_run_options, positive_int,
+                       start_loader, wants_decisions)
 
 
 def register(sub) -> None:
@@ -30,6 +31,7 @@ def register(sub) -> None:
                    help="output format (default: from --output's extension, else csv)")
     add_model_options(p)
     add_run_options(p)
+    add_decision_options(p, predict=True)
     p.set_defaults(func=run)
 
 
@@ -62,6 +64,10 @@ def run(args: argparse.Namespace) -> int:
     from ..io.writers import format_for, open_writer
 
     custom = args.cls or args.bins
+    deciding = wants_decisions(args)
+    if custom and deciding:
+        raise InputError("decisions (--decide, --threshold, --scores, --prior, --events …) need a Tree-of-Life "
+                         "vocabulary; they cannot be combined with --cls/--bins")
     if args.cls and args.bins:
         raise InputError("--cls and --bins cannot be combined")
     if custom and (args.rank or args.subset or args.vocabulary or args.taxa):
@@ -83,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
             clf.restrict(args.subset)
         rank = args.rank or "species"
         columns = classify.prediction_columns(rank)
+        if deciding:
+            return _run_decisions(args, clf, loader, rank, columns, problems)
         predictions = clf.predict_iter(loader, rank=rank, k=args.k or 5, min_prob=args.min_prob, progress=None)
     failed = 0
     with open_writer(format_for(args.output, args.format), args.output, columns) as writer:
@@ -91,6 +99,68 @@ def run(args: argparse.Namespace) -> int:
             if pred.error:
                 failed += 1
                 print(f"taxoclip predict: {pred.file_name}: {pred.error}", file=sys.stderr)
+    if failed:
+        print(f"taxoclip predict: {failed} of {len(loader.refs)} images could not be read (see the error column)",
+              file=sys.stderr)
+    return 1 if failed or problems else 0
+
+
+def _run_decisions(args, clf, loader, rank: str, columns: list[str], problems: list[str]) -> int:
+    """predict + decide: top-k rows with the decision columns, scores and provenance stored."""
+    from ..decide import DEFAULT_CANDIDATES, DEFAULT_GROUPS, ScoresWriter, predict_decisions
+    from ..decide.context import read_context
+    from ..decide.options import policy_from_options
+    from ..decide.pipeline import decision_columns
+    from ..decide.provenance import model_identity, run_record, vocabulary_identity, write_beside
+    from ..io.writers import format_for, open_writer
+    from .decide import _write_events
+
+    from ..decide.calibration import load_calibration
+
+    policy = policy_from_options(args.threshold, args.taxon_thresholds, args.prior, args.prior_mode,
+                                 args.prior_weight)
+    context = read_context(args.context) if args.context else None
+    calibration = load_calibration(clf.model, args.calibration)
+    if calibration is not None:
+        clf.temperature = calibration.temperature
+    candidates, groups = args.candidates or DEFAULT_CANDIDATES, args.groups or DEFAULT_GROUPS
+    record = run_record(model=model_identity(clf.model), vocabulary=vocabulary_identity(clf.bank),
+                        calibration=None if calibration is None else {
+                            "temperature": calibration.temperature, "datasets": calibration.datasets,
+                            "ece_after": calibration.held_out.get("after", {}).get("ece")},
+                        candidates=candidates, groups=groups,
+                        decision=policy.as_dict(), events={"gap_s": args.event_gap} if args.events else None)
+    columns = columns[:-1] + decision_columns(args.events) + ["error"]
+    scores = ScoresWriter(args.scores, record) if args.scores else None
+    failed, noted, events = 0, 0, []
+    try:
+        with open_writer(format_for(args.output, args.format), args.output, columns) as writer:
+            for name, rows, decision in predict_decisions(
+                    clf, loader, policy, rank=rank, k=args.k or 5, candidates=candidates, groups=groups,
+                    context=context, scores=scores, events=args.events, gap=args.event_gap, progress=None,
+                    events_out=events):
+                if decision["error"] is not None:
+                    failed += 1
+                    print(f"taxoclip predict: {name}: {decision['error']}", file=sys.stderr)
+                    writer.write([{"file_name": name, "error": decision["error"]}])
+                    continue
+                extra = {c: decision[c] for c in columns if c in decision and c not in ("file_name", "error")}
+                writer.write([{"file_name": name, **row, **extra} for row in rows])
+                if decision["note"]:
+                    noted += 1
+                    if noted <= 10:
+                        print(f"taxoclip predict: {name}: {decision['note']}", file=sys.stderr)
+    except BaseException:
+        if scores is not None:
+            scores.close(ok=False)
+        raise
+    if scores is not None:
+        scores.close()
+    if events and args.events_output:
+        _write_events(events[0], args.events_output)
+    write_beside(args.output, record)
+    if args.scores:
+        write_beside(args.scores, record)
     if failed:
         print(f"taxoclip predict: {failed} of {len(loader.refs)} images could not be read (see the error column)",
               file=sys.stderr)
