@@ -333,3 +333,19 @@ def test_build_gets_every_reachable_image_once_and_reports_the_rest(tmp_path, im
         errors = {row["source_id"]: row["reason"] for row in csv.DictReader(fh)}
     assert set(errors) == {"occ-2", "occ-6"}
     assert "HTTP 404" in errors["occ-2"] and "timeout after 2 attempts" in errors["occ-6"]
+
+
+def test_folder_archive_cannot_point_outside_itself(tmp_path):
+    """A meta.xml `<location>` of ../secret.txt is refused, not read."""
+    from taxoclip.data.dwca import read_dwca
+    from taxoclip.errors import InputError
+
+    (tmp_path / "secret.txt").write_text("id\tscientificName\n1\tPanthera leo\n")
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    (folder / "meta.xml").write_text(
+        '<archive xmlns="http://rs.tdwg.org/dwc/text/"><core rowType="http://rs.tdwg.org/dwc/terms/Occurrence" '
+        'fieldsTerminatedBy="\\t" ignoreHeaderLines="1"><files><location>../secret.txt</location></files>'
+        '<id index="0"/><field index="1" term="http://rs.tdwg.org/dwc/terms/scientificName"/></core></archive>')
+    with pytest.raises(InputError, match="outside the archive folder"):
+        list(read_dwca(folder))

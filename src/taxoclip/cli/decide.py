@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     noted = []
     with open_writer(format_for(args.output, args.format), args.output, columns) as writer:
         for _, decisions in decide_tables(tables, policy, events=args.events, gap=args.event_gap):
-            writer.write(decisions[columns].to_dict("records"))
+            writer.write_frame(decisions)
             noted.append(report_notes(decisions, "decide", shown=sum(noted)))
             events = decisions.attrs.get("events")
     if args.events and args.events_output:

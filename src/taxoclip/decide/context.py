@@ -110,38 +110,48 @@ def parse_time(values: Sequence) -> np.ndarray:
 
 
 def places(table: pa.Table, notes: list[list[str]]) -> tuple[np.ndarray, list]:
-    """One place id per row (-1: none known, with a note why) and the distinct places."""
-    from ..geo import Place, locate, parse_admin1, parse_country
+    """One place id per row (-1: none known, with a note why) and the distinct places.
 
-    cols = {c: table.column(c).to_pylist() for c in CONTEXT_COLUMNS if c in table.column_names}
+    Each distinct combination of location columns is resolved once (a camera's photos share one)."""
     rows = table.num_rows
-    ids = np.full(rows, -1, dtype=np.int64)
-    index: dict = {}
+    names = ("latitude", "longitude", "country", "admin1", "site")
+    cols = [table.column(c).to_pylist() if c in table.column_names else [None] * rows for c in names]
     errors = table.column("error").to_pylist()
-    for i in range(rows):
+    ids = np.full(rows, -1, dtype=np.int64)
+    resolved: dict[tuple, tuple[int, str]] = {}
+    index: dict = {}
+    for i, key in enumerate(zip(*cols)):
         if errors[i] is not None:
             continue
-        lat, lon = cols.get("latitude", [None] * rows)[i], cols.get("longitude", [None] * rows)[i]
-        country, admin1, site = (cols.get(c, [None] * rows)[i] for c in ("country", "admin1", "site"))
-        try:
-            place = locate(lat, lon) if lat is not None and lon is not None else Place()
-            if country:
-                place = Place(parse_country(country), place.admin1, place.latitude, place.longitude, place.site)
-            if admin1:
-                place = Place(place.country, parse_admin1(admin1, place.country), place.latitude, place.longitude,
-                              place.site)
-            if site:
-                place = Place(place.country, place.admin1, place.latitude, place.longitude, site)
-        except InputError as e:
-            notes[i].append(f"{e}: no location prior")
-            continue
-        if place == Place():
-            notes[i].append("no location (no EXIF GPS, no location column): no location prior")
-            continue
-        if place.country is None and place.site is None and lat is not None:
-            notes[i].append(f"{lat}, {lon} is in no country (at sea?): no location prior")
-        ids[i] = index.setdefault(place, len(index))
+        if key not in resolved:
+            place, note = _place(*key)
+            resolved[key] = (index.setdefault(place, len(index)) if place is not None else -1, note)
+        ids[i], note = resolved[key]
+        if note:
+            notes[i].append(note)
     return ids, list(index)
+
+
+def _place(lat, lon, country, admin1, site):
+    """(Place or None, note) for one combination of location columns."""
+    from ..geo import Place, locate, parse_admin1, parse_country
+
+    try:
+        place = locate(lat, lon) if lat is not None and lon is not None else Place()
+        if country:
+            place = Place(parse_country(country), place.admin1, place.latitude, place.longitude, place.site)
+        if admin1:
+            place = Place(place.country, parse_admin1(admin1, place.country), place.latitude, place.longitude,
+                          place.site)
+        if site:
+            place = Place(place.country, place.admin1, place.latitude, place.longitude, site)
+    except InputError as e:
+        return None, f"{e}: no location prior"
+    if place == Place():
+        return None, "no location (no EXIF GPS, no location column): no location prior"
+    if place.country is None and place.site is None:
+        return place, f"{lat}, {lon} is in no country (at sea?): no location prior"
+    return place, ""
 
 
 def with_context(table: pa.Table, context: pd.DataFrame | None) -> pa.Table:

@@ -96,9 +96,13 @@ def predict_decisions(clf, images, policy: Policy | None = None, *, rank: Rank |
     need = max(k, candidates) if r is Rank.SPECIES else candidates
     wide = max(k, groups) if r is not Rank.SPECIES else groups
 
+    # where and when: for the prior, for events, and for later decisions from stored scores
+    located = scores is not None or events or (policy is not None and policy.prior is not None)
+
     def tables() -> Iterator[pa.Table]:
         for names, masses, errors in clf.masses_iter(images, need, wide, progress=progress):
-            t = score_batch(clf.bank, names, masses, errors, photo_context(names, context))
+            t = score_batch(clf.bank, names, masses, errors,
+                            photo_context(names, context) if located or context is not None else None)
             if scores is not None:
                 scores.write(t)
             yield t

@@ -28,10 +28,12 @@ from .scores import LEVELS, SEP
 
 __all__ = ["Thresholds", "DEFAULT_THRESHOLDS", "Policy", "decide_table", "DECISION_COLUMNS"]
 
-# Chosen on bio-mini validation photos with taxoclip-mini over its Tree-of-Life vocabulary
-# (docs/decisions.md has the precision and coverage they give on the test photos).
+# Chosen on bio-mini's validation photos for taxoclip-mini (calibrated) over its 300K-taxon
+# vocabulary by `bench/bench_decisions.py`: per rank, the lowest threshold that keeps 95 %
+# precision for the answers at that rank or deeper. docs/decisions.md has their precision
+# and coverage on the test photos, against SpeciesNet's rule.
 DEFAULT_THRESHOLDS: dict[str, float] = {
-    "species": 0.75, "genus": 0.75, "family": 0.7, "order": 0.7, "class": 0.7, "phylum": 0.7, "kingdom": 0.7,
+    "species": 0.65, "genus": 0.8, "family": 0.8, "order": 0.8, "class": 0.75, "phylum": 0.75, "kingdom": 0.65,
 }
 DECISION_COLUMNS = ["prediction", "prediction_rank", "prediction_score", "prediction_source", "note"]
 _SPECIES_PARTS = 7

@@ -93,19 +93,20 @@ def speciesnet_rule(table: pa.Table, threshold: float = SPECIESNET["threshold"],
     return pd.DataFrame(out, columns=["prediction", "prediction_rank", "prediction_score"])
 
 
-def choose_thresholds(table: pa.Table, labels: pd.DataFrame, target: float = 0.9, min_photos: int = 20,
+def choose_thresholds(table: pa.Table, labels: pd.DataFrame, target: float = 0.95, min_photos: int = 20,
                       grid: Sequence[float] = tuple(np.round(np.arange(0.3, 0.96, 0.05), 2))) -> dict[str, float]:
-    """Per rank, species first: the lowest threshold whose answers at that rank reach `target`
-    precision on these photos (those not answered deeper already), so coverage is as high as
-    the precision allows."""
+    """Per rank, species first: the lowest threshold that keeps the precision of all answers at
+    that rank or deeper at `target` on these photos, so each rank answers as many of the photos
+    left to it as that precision allows (selective classification: least coverage lost for the risk)."""
     chosen: dict[str, float] = {}
-    for level in LEVELS:
+    for i, level in enumerate(LEVELS):
         best = float(grid[-1])
         for t in grid:
             trial = Thresholds({**{lv: 1.01 for lv in LEVELS}, **chosen, level: float(t)})
             d = decide_table(table, _policy(trial))
+            answered = d["prediction_rank"].isin(LEVELS[: i + 1]).to_numpy()
             at = (d["prediction_rank"] == level).to_numpy()
-            if at.sum() >= min_photos and correct(d, labels)[at].mean() >= target:
+            if at.sum() >= min_photos and correct(d, labels)[answered].mean() >= target:
                 best = float(t)
                 break
         chosen[level] = best

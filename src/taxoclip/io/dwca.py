@@ -153,6 +153,9 @@ class Archive:
         """The real name of a file in the archive, matched case-insensitively as a fallback."""
         if self.zip is None:
             p = self.path / name
+            root = self.path.resolve()
+            if root not in p.resolve().parents:  # meta.xml names a file outside the archive's folder
+                raise InputError(f"{self.describe(name)}: refused: the file lies outside the archive folder")
             if p.is_file():
                 return str(p)
             lower = {c.name.lower(): c for c in self.path.iterdir()} if self.path.is_dir() else {}

@@ -50,6 +50,10 @@ class ResultWriter:
     def write(self, rows: Iterable[dict]) -> None:
         raise NotImplementedError
 
+    def write_frame(self, frame) -> None:
+        """Rows as a DataFrame with these columns (columnar writers take it without per-row dicts)."""
+        self.write(frame[self.columns].to_dict("records"))
+
     def close(self) -> None:
         pass
 
@@ -174,6 +178,19 @@ class ParquetWriter(ResultWriter):
         self._writer.write_table(table)
         self.count += len(self._pending)
         self._pending = []
+
+    def write_frame(self, frame):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self._flush()
+        table = pa.Table.from_pandas(frame[self.columns], preserve_index=False)
+        table = table.cast(pa.schema([pa.field(f.name, pa.string()) if pa.types.is_null(f.type) else f
+                                      for f in table.schema]))
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self._tmp, table.schema)
+        self._writer.write_table(table.cast(self._writer.schema))
+        self.count += table.num_rows
 
     def close(self):
         if self._writer is None and not self._pending:
