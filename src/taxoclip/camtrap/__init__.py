@@ -1,0 +1,73 @@
+"""Camera traps: detect animals, people and vehicles, classify every animal over the open
+Tree-of-Life vocabulary, answer each frame (and event), and read/write the ecosystem's files
+(MegaDetector batch JSON, Camtrap DP, Darwin Core).
+
+    from taxoclip.camtrap import run_images
+    frames = run_images(["sd-card/"], out="results.json")
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+from .pipeline import CropOptions, classify_frames, detect_frames, frame_answer
+from .results import DETECTION_CATEGORIES, Answer, Classification, Detection, Frame
+
+__all__ = ["Frame", "Detection", "Classification", "Answer", "DETECTION_CATEGORIES", "CropOptions",
+           "detect_frames", "classify_frames", "frame_answer", "run_images", "classify_md", "with_context"]
+
+
+def with_context(frames: list[Frame], root: str | None, context=None) -> list[Frame]:
+    """Fill each frame's time, place and deployment from `context` rows or its EXIF (and folder)."""
+    from ..decide.context import photo_context
+
+    paths = [os.path.join(root, f.file) if root and not os.path.isabs(f.file) else f.file for f in frames]
+    ctx = photo_context(paths, context).to_dict("records")
+    for f, c in zip(frames, ctx):
+        f.datetime = f.datetime or _text(c.get("datetime"))
+        f.latitude = f.latitude if f.latitude is not None else _number(c.get("latitude"))
+        f.longitude = f.longitude if f.longitude is not None else _number(c.get("longitude"))
+        f.deployment = f.deployment or _text(c.get("deployment")) or (os.path.dirname(f.file) or ".")
+    return frames
+
+
+def _text(v):
+    return None if v is None or (isinstance(v, float) and v != v) else str(v)
+
+
+def _number(v):
+    return None if v is None or (isinstance(v, float) and v != v) else float(v)
+
+
+def run_images(images: Sequence[str], classifier, detector, *, policy=None, options: CropOptions | None = None,
+               detection_threshold: float = 0.1, context=None, events: bool = False, gap: float = 60.0,
+               progress=None) -> tuple[list[Frame], str | None]:
+    """Detect and classify image files (folders searched recursively). Returns (frames, their root):
+    frame names are relative to the common folder of the inputs, as MegaDetector writes them."""
+    from ..io.images import find_images
+
+    refs, problems = find_images(images)
+    paths = [r.path for r in refs if r.path and r.offset < 0]  # files (tar members are not camera frames)
+    if not paths:
+        from ..errors import InputError
+
+        raise InputError("; ".join(problems) or "no images found")
+    root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
+    frames = list(detect_frames([os.path.abspath(p) for p in paths], detector, threshold=detection_threshold,
+                                root=root))
+    with_context(frames, root, context)
+    classify_frames(frames, classifier, root=root, policy=policy, options=options, events=events, gap=gap,
+                    progress=progress)
+    return frames, root
+
+
+def classify_md(md_path: str, root: str, classifier, *, policy=None, options: CropOptions | None = None,
+                context=None, events: bool = False, gap: float = 60.0, progress=None) -> tuple[list[Frame], dict]:
+    """Classify the detections of a MegaDetector batch file (paths relative to `root`)."""
+    from .mdjson import read_md_json
+
+    frames, meta = read_md_json(md_path, images_root=root)
+    with_context(frames, root, context)
+    classify_frames(frames, classifier, root=root, policy=policy, options=options, events=events, gap=gap,
+                    progress=progress)
+    return frames, meta

@@ -1,0 +1,121 @@
+"""`taxoclip camtrap`: camera-trap frames -> detections -> species, in the ecosystem's formats."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ._options import add_decision_options, add_model_options
+
+
+def register(sub) -> None:
+    p = sub.add_parser("camtrap", help="camera traps: detect, classify every animal, MegaDetector JSON / Camtrap DP",
+                       description="Camera-trap pipelines: detect animals, people and vehicles, classify each animal "
+                                   "over the open Tree-of-Life vocabulary, answer each frame, and write MegaDetector "
+                                   "batch JSON 1.6, Camtrap DP 1.0 and Darwin Core.")
+    cs = p.add_subparsers(dest="camtrap_command", metavar="STEP", required=True)
+    run = cs.add_parser("run", help="detect + classify image files or folders in one go")
+    run.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
+    run.add_argument("--detector", default="yolox-tiny",
+                     help="yolox-tiny (default: bundled, offline) or megadetector (with --detector-weights)")
+    run.add_argument("--detector-weights", help="weights file for --detector megadetector")
+    run.add_argument("--detection-threshold", type=float, default=0.1,
+                     help="detections below this are not written (default 0.1)")
+    run.set_defaults(func=_run)
+    cl = cs.add_parser("classify", help="classify the detections of a MegaDetector batch file")
+    cl.add_argument("md_json", help="MegaDetector batch output (format 1.1-1.6)")
+    cl.add_argument("--images", required=True, help="folder the file's image paths are relative to")
+    cl.set_defaults(func=_classify)
+    for q in (run, cl):
+        q.add_argument("--output", "-o", required=True, help="MegaDetector batch JSON 1.6 with classifications")
+        q.add_argument("--classify-threshold", type=float, default=0.2,
+                       help="animal detections at or above this are classified and count for the frame (default 0.2)")
+        q.add_argument("--crop-padding", type=float, default=0.05, help="square crop padding, share of the box side")
+        q.add_argument("--vocabulary", help="Tree-of-Life vocabulary instead of the model's own")
+        q.add_argument("--subset", help="CSV whose first column is named after a rank: classify only among those taxa")
+        q.add_argument("--camtrap-dp", metavar="DIR", help="also write a Camtrap DP 1.0 package here")
+        q.add_argument("--dwc", metavar="FILE", help="also write Darwin Core occurrences (.csv, or .zip for an archive)")
+        q.add_argument("--calibration", default="auto", help="auto (default), none or a calibration file")
+        add_model_options(q)
+        add_decision_options(q, predict=False)
+
+
+def _classifier(args):
+    from ..classify import TreeOfLifeClassifier
+    from ..decide.calibration import load_calibration
+
+    clf = TreeOfLifeClassifier(args.model, pretrained=args.pretrained, vocabulary=args.vocabulary,
+                               device=args.device, precision=args.precision)
+    if args.subset:
+        clf.restrict(args.subset)
+    cal = load_calibration(clf.model, args.calibration)
+    if cal is not None:
+        clf.temperature = cal.temperature
+    return clf
+
+
+def _common(args):
+    from ..camtrap import CropOptions
+    from ..decide.context import read_context
+    from ..decide.options import policy_from_options
+
+    policy = policy_from_options(args.threshold, args.taxon_thresholds, args.prior, args.prior_mode,
+                                 args.prior_weight)
+    options = CropOptions(threshold=args.classify_threshold, padding=args.crop_padding)
+    context = read_context(args.context) if args.context else None
+    return policy, options, context
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ..camtrap import run_images
+    from ..camtrap.detector import load_detector
+
+    detector = load_detector(args.detector, weights=args.detector_weights, device=args.device)
+    clf = _classifier(args)
+    policy, options, context = _common(args)
+    frames, root = run_images(args.images, clf, detector, policy=policy, options=options,
+                              detection_threshold=args.detection_threshold, context=context, events=args.events,
+                              gap=args.event_gap)
+    detector_info = {"name": detector.name, "version": detector.version}
+    return _write(args, frames, root, clf, policy, detector_info)
+
+
+def _classify(args: argparse.Namespace) -> int:
+    from ..camtrap import classify_md
+
+    clf = _classifier(args)
+    policy, options, context = _common(args)
+    frames, meta = classify_md(args.md_json, args.images, clf, policy=policy, options=options, context=context,
+                               events=args.events, gap=args.event_gap)
+    info = meta.get("info", {}) if isinstance(meta, dict) else {}
+    return _write(args, frames, args.images, clf, policy, {"name": info.get("detector", "unknown"),
+                                                           "metadata": info.get("detector_metadata")})
+
+
+def _write(args, frames, root, clf, policy, detector_info) -> int:
+    from ..camtrap.mdjson import write_md_json
+    from ..decide.provenance import model_identity, run_record, vocabulary_identity, write_beside
+
+    classifier = {"model": model_identity(clf.model), "vocabulary": vocabulary_identity(clf.bank),
+                  "temperature": clf.temperature, "decision": policy.as_dict()}
+    write_md_json(frames, args.output, detector=detector_info, classifier=classifier)
+    write_beside(args.output, run_record(**classifier, detector=detector_info, images=str(root)))
+    if args.camtrap_dp:
+        from ..camtrap.camtrapdp import write_camtrap_dp
+
+        write_camtrap_dp(frames, args.camtrap_dp, classifier=clf.model.id, images_root=root)
+    if args.dwc:
+        from ..camtrap.dwc import write_dwc_occurrences, write_dwca
+
+        writer = write_dwca if args.dwc.endswith(".zip") else write_dwc_occurrences
+        writer(frames, args.dwc, model=clf.model.id, vocabulary=clf.bank.name)
+    failed = [f for f in frames if f.failure]
+    for f in failed[:10]:
+        print(f"taxoclip camtrap: {f.file}: {f.failure}", file=sys.stderr)
+    counts: dict[str, int] = {}
+    for f in frames:
+        key = f.answer.label if f.answer and f.answer.label in ("blank", "human", "vehicle", "animal") else \
+            ("failed" if f.failure else "identified")
+        counts[key] = counts.get(key, 0) + 1
+    print(f"taxoclip camtrap: {len(frames)} frames: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())),
+          file=sys.stderr)
+    return 1 if failed else 0
