@@ -1,6 +1,8 @@
 """The camera-trap pipeline: crops, frame answers, and detect -> classify -> files end to end."""
 import json
 import math
+import shutil
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -37,3 +39,50 @@ def test_frame_answers_like_speciesnets_ensemble():
     assert (a.label, a.rank, a.source) == ("Vanessa cardui", "species", "model")  # the deepest box wins
     failed = Frame("a.jpg", None, failure="cannot read file")
     assert frame_answer(failed, t).label == ""
+
+
+STANDARDS = Path(__file__).resolve().parents[2] / "shared" / "standards" / "camtrap-dp-1.0.2"
+
+
+@pytest.fixture
+def sd_card(tmp_path):
+    """Real camera-trap frames (Camtrap DP example: a grey heron at night), a corrupt one and a blank one."""
+    media = STANDARDS / "example" / "media"
+    if not media.is_dir():
+        pytest.skip(f"Camtrap DP example media not found at {media}")
+    card = tmp_path / "DCIM" / "cam-1"
+    card.mkdir(parents=True)
+    for f in sorted(media.iterdir())[:4]:
+        shutil.copy(f, card / f.name)
+    (card / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    Image.new("RGB", (2048, 1440), (90, 90, 90)).save(card / "blank.jpg")
+    return tmp_path / "DCIM"
+
+
+def test_sd_card_to_md_json_camtrap_dp_and_dwca(sd_card, tmp_path):
+    """detect -> classify -> MegaDetector JSON (its own validator and ours), Camtrap DP (frictionless,
+    local schemas), Darwin Core Archive (read back); the corrupt frame is a failure, the rest go on."""
+    from taxoclip.camtrap.camtrapdp import validate_camtrap_dp
+    from taxoclip.camtrap.mdjson import check_md_json, read_md_json
+    from taxoclip.cli import main
+    from taxoclip.io.dwca import Archive
+
+    out, dp, dwca = tmp_path / "results.json", tmp_path / "package", tmp_path / "occurrences.zip"
+    code = main(["camtrap", "run", str(sd_card), "-o", str(out), "--camtrap-dp", str(dp), "--dwc", str(dwca),
+                 "--detection-threshold", "0.05", "--classify-threshold", "0.05"])
+    assert code == 1  # one frame could not be read
+    doc = json.loads(out.read_text())
+    images = {im["file"]: im for im in doc["images"]}
+    assert len(images) == 6
+    assert images["cam-1/corrupt.jpg"]["failure"] and images["cam-1/corrupt.jpg"]["detections"] is None
+    assert images["cam-1/blank.jpg"]["prediction"] == "blank"
+    assert check_md_json(out) == []
+    vbr = pytest.importorskip("megadetector.postprocessing.validate_batch_results")
+    result = vbr.validate_batch_results(str(out), vbr.ValidateBatchResultsOptions())["validation_results"]
+    assert not result["errors"], result["errors"]
+    frames, _ = read_md_json(out, images_root=sd_card)
+    assert sum(f.failure is not None for f in frames) == 1
+    assert validate_camtrap_dp(dp, STANDARDS) == []
+    archive = Archive(dwca)
+    core, _ = archive.tables()
+    assert "scientificName" in {t for t, _, _ in core.fields}

@@ -52,7 +52,9 @@ def run_images(images: Sequence[str], classifier, detector, *, policy=None, opti
         from ..errors import InputError
 
         raise InputError("; ".join(problems) or "no images found")
-    root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
+    folders = [os.path.abspath(i) for i in images if os.path.isdir(i)]
+    root = folders[0] if len(folders) == len(images) == 1 else \
+        os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
     frames = list(detect_frames([os.path.abspath(p) for p in paths], detector, threshold=detection_threshold,
                                 root=root))
     with_context(frames, root, context)

@@ -40,18 +40,24 @@ from ..errors import InputError
 from ..taxonomy import RANKS, Taxon, parse_lineage
 from .results import DETECTION_CATEGORIES, Answer, Classification, Detection, Frame
 
-__all__ = ["FORMAT_VERSION", "READ_VERSIONS", "BOX_TOLERANCE", "read_md_json", "write_md_json", "check_md_json",
-           "description_of", "classification_of_description", "taxon_of", "lineage_of", "answer_taxon"]
+__all__ = ["FORMAT_VERSION", "READ_VERSIONS", "BOX_TOLERANCE", "EDGE_TOLERANCE", "read_md_json", "write_md_json", "check_md_json",
+           "description_of", "classification_of_description", "taxon_of", "lineage_of", "answer_taxon",
+           "is_ancestor"]
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = "1.6"
 READ_VERSIONS = ("1.0", "1.1", "1.2", "1.3", "1.4", "1.5", "1.6")
-BOX_TOLERANCE = 1e-6  # MegaDetector rounds boxes; a coordinate this far outside [0, 1] is still fine
+BOX_TOLERANCE = 1e-6  # a coordinate this far outside [0, 1] is still fine
+# MegaDetector rounds each coordinate to 3-4 decimals, so x+w of a box touching the right edge
+# can be 1.0001: read such boxes (clipped to the image), but not one whose sum is far past 1
+EDGE_TOLERANCE = 1e-3
 _NAME_TO_ID = {v: k for k, v in DETECTION_CATEGORIES.items()}
 _CATEGORY_SYNONYMS = {"human": "person"}  # SpeciesNet's detector name for MegaDetector's "person"
 _CONTEXT = ("datetime", "deployment", "latitude", "longitude", "event", "width", "height")
 _TIME = "%Y-%m-%d %H:%M:%S"  # how MegaDetector writes completion times
+# a taxon id before the ranks ("<uuid>;class;…" as SpeciesNet writes): not a kingdom
+_LEADING_ID = re.compile(r"^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|\d+|[0-9a-f]{32})$", re.I)
 
 
 # ----- lineages -----------------------------------------------------------------------------
@@ -92,7 +98,7 @@ def classification_of_description(name: str, description: str | None) -> tuple[s
     if not description:
         return "", (), ""
     parts = [p.strip() for p in str(description).split(";")]
-    if len(parts) == 8:
+    if len(parts) == 8 and not _LEADING_ID.match(parts[0]):
         ranks, common = parts[:7], parts[7]
     else:
         try:
@@ -104,6 +110,13 @@ def classification_of_description(name: str, description: str | None) -> tuple[s
     if depth < 0:
         return "", (), common
     return RANKS[depth], tuple(ranks[: depth + 1]), common
+
+
+def is_ancestor(a: Taxon, b: Taxon) -> bool:
+    """Whether `a` is a higher taxon containing `b` (Felidae of Puma concolor)."""
+    if a.rank is None or b.rank is None or a.rank >= b.rank:
+        return False
+    return b.truncate(a.rank) == a.with_common("")
 
 
 def answer_taxon(answer: Answer | None, candidates: Iterable[Classification] = ()) -> Taxon | None:
@@ -159,7 +172,7 @@ def _number(v: Any) -> float | None:
     return float(v)
 
 
-def _box_problem(bbox: Any, tol: float = BOX_TOLERANCE) -> str | None:
+def _box_problem(bbox: Any, tol: float = BOX_TOLERANCE, edge_tol: float = BOX_TOLERANCE) -> str | None:
     if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
         return f"bbox {bbox!r} is not four numbers"
     vals = [_number(v) for v in bbox]
@@ -168,7 +181,7 @@ def _box_problem(bbox: Any, tol: float = BOX_TOLERANCE) -> str | None:
     x, y, w, h = vals
     if min(x, y, w, h) < -tol or max(x, y, w, h) > 1 + tol:
         return f"bbox {list(bbox)} lies outside [0, 1]"
-    if x + w > 1 + tol or y + h > 1 + tol:
+    if x + w > 1 + edge_tol or y + h > 1 + edge_tol:
         return f"bbox {list(bbox)} reaches past the image edge (x+w or y+h > 1)"
     return None
 
@@ -204,9 +217,13 @@ def _read_image(im: Any, i: int, cats: dict[str, str], classes: dict[str, tuple]
     frame = Frame(im["file"])
     for k in _CONTEXT:
         v = im.get(k)
-        if v is not None:
+        if v is None:
+            continue
+        try:
             setattr(frame, k, float(v) if k in ("latitude", "longitude") else int(v) if k in ("width", "height")
                     else str(v))
+        except (TypeError, ValueError):
+            log.debug("%s: %s: unreadable %s %r; ignored", where, frame.file, k, v)
     frame.answer = _read_answer(im, where)
     failure = im.get("failure")
     if failure is not None:
@@ -232,7 +249,7 @@ def _read_image(im: Any, i: int, cats: dict[str, str], classes: dict[str, tuple]
             if conf is None or not -BOX_TOLERANCE <= conf <= 1 + BOX_TOLERANCE:
                 problem = f"has conf {d.get('conf')!r}, not a number in [0, 1]"
             else:
-                problem = _box_problem(d.get("bbox"))
+                problem = _box_problem(d.get("bbox"), edge_tol=EDGE_TOLERANCE)
         if problem:
             frame.failure, frame.detections = f"detection {j + 1} {problem}", None
             return frame
@@ -261,7 +278,8 @@ def read_md_json(path: str | os.PathLike, images_root: str | os.PathLike | None 
     (`info`, `detection_categories`, `classification_categories`, …).
 
     A bad entry fails its own frame (`Frame.failure` says why), never the file: a box outside
-    [0, 1], a confidence that is not a number, an image missing under `images_root`."""
+    [0, 1] or far past the image edge, a confidence that is not a number, an image missing
+    under `images_root`. Boxes within rounding of the edge are clipped to the image."""
     where = str(path)
     try:
         with open(path, "rb") as fh:
@@ -304,6 +322,19 @@ def _r(v: float, decimals: int | None) -> float | None:
     return float(round(v, decimals)) if decimals is not None else v
 
 
+def _write_box(bbox: Sequence[float], decimals: int | None) -> list:
+    """A box as written: clipped to the image when it is within rounding of it (a broken box is
+    written as it is, for `check_md_json` to report), then rounded without leaving the image."""
+    if _box_problem(bbox, edge_tol=EDGE_TOLERANCE) is not None:
+        return [_r(v, decimals) for v in bbox]
+    x, y, w, h = (_r(v, decimals) for v in _clamp(bbox))
+    if x + w > 1.0:
+        w = _r(max(0.0, 1.0 - x), decimals)
+    if y + h > 1.0:
+        h = _r(max(0.0, 1.0 - y), decimals)
+    return [x, y, w, h]
+
+
 def _key(c: Classification | Taxon | str) -> tuple:
     if isinstance(c, str):
         return (c, "", (), "")
@@ -327,26 +358,64 @@ def _write_answer(out: dict, a: Answer | None, decimals: int | None) -> None:
         out["prediction_description"] = description_of(a.lineage, a.common_name)
 
 
+def _jsonable(v: Any) -> Any:
+    """Metadata as JSON can hold it: non-finite numbers -> null, numpy scalars -> numbers, else text."""
+    if isinstance(v, Mapping):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple, set)):
+        return [_jsonable(x) for x in v]
+    if v is None or isinstance(v, (bool, str, int)):
+        return v
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if hasattr(v, "item"):  # numpy scalar
+        return _jsonable(v.item())
+    return str(v)
+
+
+def _model_name(v: Any) -> str | None:
+    if isinstance(v, Mapping):
+        v = v.get("id") or v.get("name")
+    return None if v in (None, "") else str(v)
+
+
+def _part(given: Mapping | None, name_keys: tuple[str, ...], time_keys: tuple[str, ...], meta_keys: tuple[str, ...],
+          now: str) -> tuple[str, str, dict]:
+    """(name, completion time, metadata) of the detector or classifier as the caller describes it.
+
+    The name is the first of `name_keys` given (a model identity {"id": …} gives its id); a
+    "model" entry also stays in the metadata, where it may say more (weights hash, …)."""
+    rest = dict(given or {})
+    name = next((n for n in (_model_name(rest.get(k)) for k in name_keys) if n), None)
+    for k in name_keys:
+        if k != "model":
+            rest.pop(k, None)
+    when = next((str(rest[k]) for k in time_keys if rest.get(k)), now)
+    meta: dict = {}
+    for k in time_keys + meta_keys:
+        v = rest.pop(k, None)
+        if k in meta_keys and isinstance(v, Mapping):
+            meta.update(v)
+    meta.update(rest)  # anything else said about it: model identity, vocabulary, hash, decision rule …
+    return name or "unknown", when, meta
+
+
 def _info(detector: Mapping, classifier: Mapping | None, now: str) -> dict:
-    detector = dict(detector or {})
     info: dict[str, Any] = {"format_version": FORMAT_VERSION}
-    info["detector"] = str(detector.pop("name", detector.pop("detector", "unknown")))
-    info["detection_completion_time"] = str(detector.pop("completion_time",
-                                                         detector.pop("detection_completion_time", now)))
-    meta = dict(detector.pop("metadata", detector.pop("detector_metadata", {})) or {})
-    meta.update(detector)  # anything else said about the detector
+    name, when, meta = _part(detector, ("name", "detector", "model"), ("completion_time", "detection_completion_time"),
+                             ("metadata", "detector_metadata"), now)
+    if meta.get("model") == name:
+        del meta["model"]
+    info["detector"], info["detection_completion_time"] = name, when
     if meta:
-        info["detector_metadata"] = meta
+        info["detector_metadata"] = _jsonable(meta)
     if classifier is not None:
-        classifier = dict(classifier)
-        info["classifier"] = str(classifier.pop("name", classifier.pop("model", classifier.pop("classifier",
-                                                                                               "unknown"))))
-        info["classification_completion_time"] = str(classifier.pop(
-            "completion_time", classifier.pop("classification_completion_time", now)))
-        meta = dict(classifier.pop("metadata", classifier.pop("classifier_metadata", {})) or {})
-        meta.setdefault("model", info["classifier"])
-        meta.update(classifier)  # vocabulary, vocabulary_hash, …
-        info["classifier_metadata"] = meta
+        name, when, meta = _part(classifier, ("name", "classifier", "model"),
+                                 ("completion_time", "classification_completion_time"),
+                                 ("metadata", "classifier_metadata"), now)
+        meta.setdefault("model", name)
+        info["classifier"], info["classification_completion_time"] = name, when
+        info["classifier_metadata"] = _jsonable(meta)
     return info
 
 
@@ -359,8 +428,9 @@ def write_md_json(frames: Sequence[Frame], path: str | os.PathLike, *, detector:
 
     `detector`: {"name": file name of the model (MegaDetector tools read its version from it),
     "metadata": {...}, "completion_time": "YYYY-mm-dd HH:MM:SS"}; other keys join the metadata.
-    `classifier`: {"name": model id, "vocabulary": …, "vocabulary_hash": …, "metadata": {...}}, or
-    None for a detector-only file. `categories_from`: taxa or labels whose ids are fixed first,
+    `classifier`: {"name" or "model": model id (or a model identity {"id": …, …}), "vocabulary": …,
+    "metadata": {...}, …}: every key but the name and time lands in `classifier_metadata`; None
+    for a detector-only file. Metadata is made JSON-safe (NaN -> null). `categories_from`: taxa or labels whose ids are fixed first,
     in that order (e.g. a custom label set, so several files share ids); the run's other
     classifications follow in order of first appearance."""
     now = datetime.now().strftime(_TIME)
@@ -380,7 +450,7 @@ def write_md_json(frames: Sequence[Frame], path: str | os.PathLike, *, detector:
                 if d.category not in det_ids:
                     det_ids[d.category] = str(max(int(k) for k in det_ids) + 1)
                 out: dict[str, Any] = {"category": det_ids[d.category], "conf": _r(d.conf, decimals) or 0.0,
-                                       "bbox": [_r(v, decimals) for v in d.bbox]}
+                                       "bbox": _write_box(d.bbox, decimals)}
                 if d.classifications:
                     ranked = sorted(d.classifications, key=lambda c: -c.score if math.isfinite(c.score) else 1.0)
                     out["classifications"] = [

@@ -77,7 +77,7 @@ def detect_frames(paths: Sequence[str], detector, *, threshold: float = 0.1, bat
             try:
                 img = load_frame_image(p)
             except InputError as e:
-                frames.append(Frame(name, detections=None, failure=str(e)))
+                frames.append(Frame(name, detections=None, failure=_reason(e, p)))
                 continue
             frames.append(Frame(name, width=img.size[0], height=img.size[1]))
             images.append(img)
@@ -86,6 +86,12 @@ def detect_frames(paths: Sequence[str], detector, *, threshold: float = 0.1, bat
             if f.failure is None:
                 f.detections = list(next(found))
             yield f
+
+
+def _reason(error: Exception, path: str) -> str:
+    """The error without the path it starts with (the frame's entry already names the file)."""
+    text = str(error)
+    return text[len(path) + 2:] if text.startswith(f"{path}: ") else text
 
 
 def _crops(frames: Sequence[Frame], root: str | None, options: CropOptions):
@@ -101,7 +107,7 @@ def _crops(frames: Sequence[Frame], root: str | None, options: CropOptions):
         try:
             img = load_frame_image(path)
         except InputError as e:
-            f.failure, f.detections = str(e), None
+            f.failure, f.detections = _reason(e, path), None
             continue
         for d in animals:
             crop = crop_box(img, d.bbox, options)

@@ -102,12 +102,16 @@ def _write(args, frames, root, clf, policy, detector_info) -> int:
     if args.camtrap_dp:
         from ..camtrap.camtrapdp import write_camtrap_dp
 
-        write_camtrap_dp(frames, args.camtrap_dp, classifier=clf.model.id, images_root=root)
+        untimed = [f.file for f in frames if not f.datetime and not f.failure]
+        if untimed:  # Camtrap DP media need a timestamp; the MD JSON above has them all
+            print(f"taxoclip camtrap: {len(untimed)} frames without a time (no EXIF DateTimeOriginal, no datetime "
+                  f"column) are left out of the Camtrap DP package, e.g. {untimed[0]}", file=sys.stderr)
+        write_camtrap_dp(frames, args.camtrap_dp, classifier=clf.model.id, images_root=root, missing_time="skip")
     if args.dwc:
         from ..camtrap.dwc import write_dwc_occurrences, write_dwca
 
         writer = write_dwca if args.dwc.endswith(".zip") else write_dwc_occurrences
-        writer(frames, args.dwc, model=clf.model.id, vocabulary=clf.bank.name)
+        writer(frames, args.dwc, model=clf.model.id, vocabulary=classifier["vocabulary"]["name"])
     failed = [f for f in frames if f.failure]
     for f in failed[:10]:
         print(f"taxoclip camtrap: {f.file}: {f.failure}", file=sys.stderr)

@@ -33,7 +33,22 @@ def vocabulary_identity(bank) -> dict:
         h.update(bank.table.to_csv(index=False).encode())
     if bank._index is not None:
         h.update(np.ascontiguousarray(bank._index).tobytes())
-    return {"name": bank.name, "taxa": len(bank), "hash": h.hexdigest()[:16]}
+    return {"name": _vocabulary_name(bank.name), "taxa": len(bank), "hash": h.hexdigest()[:16]}
+
+
+def _vocabulary_name(name: str) -> str:
+    """A vocabulary's name without this machine's paths: a model folder's vocabulary is named by
+    the folder's manifest (tol-mini for the bundled model), else by the folder's name."""
+    base, _, subset = name.partition("[")
+    path = Path(base)
+    if not path.is_absolute() or not path.exists():
+        return name
+    manifest = path.parent / "MANIFEST.json"
+    try:
+        named = json.loads(manifest.read_text())["vocabulary"]["name"] if manifest.is_file() else None
+    except (OSError, ValueError, KeyError, TypeError):
+        named = None
+    return (named or f"{path.parent.name}/{path.name}") + (f"[{subset}" if subset else "")
 
 
 def file_hash(path: str | os.PathLike) -> str:

@@ -1,0 +1,185 @@
+"""The camera-trap detector: the bundled YOLOX-tiny finds the Camtrap DP example's heron offline,
+boxes come back normalised to the original frame, odd frames work, and the registry says what it has."""
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import json
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import taxoclip
+
+from taxoclip.camtrap.detector import (DETECTORS, Detector, YoloxDetector, bundle_dir, convert_zamba_wheel,
+                                       load_detector)
+from taxoclip.camtrap.results import DETECTION_CATEGORIES, Detection
+from taxoclip.errors import InputError
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+EXAMPLE = SHARED / "standards" / "camtrap-dp-1.0.2" / "example"
+ZAMBA_WHEEL = Path("/tmp/zw/zamba-2.7.2-py3-none-any.whl")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _iou(a, b) -> float:
+    ax2, ay2, bx2, by2 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
+    w, h = max(0.0, min(ax2, bx2) - max(a[0], b[0])), max(0.0, min(ay2, by2) - max(a[1], b[1]))
+    inter = w * h
+    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
+
+
+def _assert_boxes_inside(dets: list[Detection]):
+    for d in dets:
+        x, y, w, h = d.bbox
+        assert d.category in DETECTION_CATEGORIES.values()
+        assert 0.0 <= x <= 1.0 and 0.0 <= y <= 1.0 and w > 0 and h > 0
+        assert x + w <= 1.0 + 1e-6 and y + h <= 1.0 + 1e-6
+
+
+@pytest.fixture(scope="module")
+def detector() -> Detector:
+    """The default detector, loaded with the network cut off."""
+    def no_network(*a, **k):
+        raise AssertionError("the bundled detector must not touch the network")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(socket.socket, "connect", no_network)
+        return load_detector()
+
+
+@pytest.fixture(scope="module")
+def example_frames() -> list[tuple[str, Image.Image, tuple]]:
+    """(file name, frame, annotated [x, y, w, h]) for each example frame with a media-level box."""
+    if not (EXAMPLE / "observations.csv").is_file():
+        pytest.skip(f"Camtrap DP example not found at {EXAMPLE}")
+    media = {r["mediaID"]: r["fileName"] for r in csv.DictReader(open(EXAMPLE / "media.csv", newline=""))}
+    out = []
+    for r in csv.DictReader(open(EXAMPLE / "observations.csv", newline="")):
+        path = EXAMPLE / "media" / media.get(r["mediaID"], "?")
+        if r["observationLevel"] == "media" and r["observationType"] == "animal" and r["bboxX"] and path.is_file():
+            box = tuple(float(r[k]) for k in ("bboxX", "bboxY", "bboxWidth", "bboxHeight"))
+            out.append((path.name, Image.open(path).convert("RGB"), box))
+    assert out, "the example's media/ has no annotated frame"
+    return sorted(out)
+
+
+def test_bundled_detector_is_the_default(detector):
+    assert isinstance(detector, Detector) and isinstance(detector, YoloxDetector)
+    assert (detector.name, detector.version) == ("yolox-tiny-animals", "zamba-2.7.2/yolox_tiny_640_20220528")
+    assert detector.categories == ("animal",)  # MegadetectorLite has one class
+    assert bundle_dir().is_relative_to(Path(taxoclip.__file__).parent)
+    assert sorted(DETECTORS) == ["megadetector", "yolox-tiny"]
+
+
+@pytest.fixture(scope="module")
+def example_found(detector, example_frames) -> list[list[Detection]]:
+    """Detections above 0.05 on the example frames, then on the first one as greyscale (one batch run).
+
+    Filtering them at a higher threshold gives what detect() at that threshold gives: NMS keeps
+    boxes in score order, so a box is only ever suppressed by a more confident one."""
+    frames = [f for _, f, _ in example_frames]
+    return detector.detect(frames + [frames[0].convert("L")], threshold=0.05)
+
+
+def test_finds_the_heron_in_the_example(example_frames, example_found):
+    """Night IR frames of a grey heron: the box on the first frame overlaps the annotated one."""
+    names, _, truth = zip(*example_frames)
+    found = [[d for d in dets if d.conf >= 0.1] for dets in example_found[:len(names)]]
+    for dets in example_found:
+        _assert_boxes_inside(dets)
+        assert [d.conf for d in dets] == sorted((d.conf for d in dets), reverse=True)
+    hits = [n for n, dets, box in zip(names, found, truth) if any(_iou(d.bbox, box) >= 0.5 for d in dets)]
+    assert "20210531082538-RCNX0031.JPG" in hits  # wings open, scored ~0.12; the others score lower
+    first = names.index("20210531082538-RCNX0031.JPG")
+    best = found[first][0]
+    assert best.category == "animal" and _iou(best.bbox, truth[first]) > 0.7
+
+
+def test_greyscale_frame_gives_the_same_boxes(example_found):
+    rgb, grey = example_found[0], example_found[-1]
+    assert grey and len(grey) == len(rgb)
+    assert np.allclose([d.bbox for d in grey], [d.bbox for d in rgb], atol=2e-3)
+
+
+def test_uniform_grey_frame_is_blank(detector):
+    found = detector.detect([Image.new("RGB", (2048, 1440), (128, 128, 128))], threshold=0.5)
+    assert found == [[]]
+
+
+def test_odd_images_work(detector):
+    sixteen = Image.fromarray(np.random.default_rng(0).integers(0, 60000, (64, 96), dtype=np.uint16))
+    images = [Image.new("RGB", (7, 3), (90, 90, 90)), Image.new("L", (1, 900)), sixteen,
+              Image.new("RGBA", (33, 65)), Image.new("RGB", (0, 0))]
+    found = detector.detect(images, threshold=0.0)  # everything that survives NMS
+    assert len(found) == len(images)
+    for dets in found:
+        _assert_boxes_inside(dets)
+    assert found[-1] == [] and detector.detect([]) == []
+
+
+def test_boxes_are_relative_to_the_original_frame(detector):
+    """The letterbox puts a 2048x1440 frame in the top-left 640x450 of the square: undo it."""
+    import torch
+
+    fake = copy.copy(detector)  # the same detector with a network that answers one fixed box
+    # cx, cy, w, h in square pixels; objectness; class probability
+    fake.model = lambda x: torch.tensor([[[320.0, 225.0, 64.0, 45.0, 0.9, 0.5],
+                                          [630.0, 440.0, 40.0, 40.0, 0.9, 0.9],  # over the right/bottom edge
+                                          [320.0, 600.0, 20.0, 20.0, 0.9, 0.9]]]).expand(x.shape[0], -1, -1)
+    (dets,) = fake.detect([Image.new("RGB", (2048, 1440))], threshold=0.1)
+    assert [d.conf for d in dets] == pytest.approx([0.81, 0.45])  # the one in the padding is gone
+    assert np.allclose(dets[1].bbox, (0.45, 0.45, 0.1, 0.1), atol=1e-6)
+    x, y, w, h = dets[0].bbox
+    assert np.allclose((x, y), (610 / 640, 420 / 450)) and np.isclose(x + w, 1.0) and np.isclose(y + h, 1.0)
+
+
+def test_unknown_detector_lists_the_names():
+    with pytest.raises(InputError, match="yolox-tiny.*megadetector"):
+        load_detector("megadetectr")
+
+
+def test_megadetector_without_its_runtime(monkeypatch):
+    for name in ("megadetector", "yolov5", "yolov9", "ultralytics"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed
+    with pytest.raises(InputError, match="pip install megadetector"):
+        load_detector("megadetector", weights="md_v5a.0.0.pt")
+
+
+def test_other_weights_on_the_same_network(tmp_path):
+    """A weights file (e.g. retrained YOLOX-tiny) runs with the bundle's config, named by its content."""
+    weights = tmp_path / "retrained.safetensors"
+    shutil.copy(bundle_dir() / "model.safetensors", weights)
+    d = load_detector("yolox-tiny", weights=str(weights), device="cpu")
+    assert d.name == "retrained" and d.version == _sha256(weights)[:12]
+    with pytest.raises(InputError, match="no such"):
+        load_detector("yolox-tiny", weights=str(tmp_path / "missing.pth"))
+
+
+def test_damaged_weights_name_the_file(tmp_path):
+    folder = tmp_path / "bundle"
+    shutil.copytree(bundle_dir(), folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(InputError, match="model.safetensors"):
+        YoloxDetector(folder, device="cpu")
+
+
+@pytest.mark.skipif(not ZAMBA_WHEEL.is_file(), reason=f"zamba wheel not at {ZAMBA_WHEEL}")
+def test_vendored_weights_are_the_wheels(tmp_path):
+    """Anyone with the wheel re-derives the bundled files byte for byte."""
+    made = convert_zamba_wheel(ZAMBA_WHEEL, tmp_path)
+    bundle = bundle_dir()
+    assert _sha256(made) == _sha256(bundle / "model.safetensors")
+    assert _sha256(made) == json.loads((bundle / "config.json").read_text())["weights_sha256"]
+    for name in ("LICENSE", "yolox_tiny_640_20220528_model_kwargs.json"):
+        assert (tmp_path / name).read_bytes() == (bundle / name).read_bytes()
