@@ -86,3 +86,30 @@ def test_sd_card_to_md_json_camtrap_dp_and_dwca(sd_card, tmp_path):
     archive = Archive(dwca)
     core, _ = archive.tables()
     assert "scientificName" in {t for t, _, _ in core.fields}
+
+
+def test_classify_a_megadetector_file(sd_card, tmp_path):
+    """MegaDetector's boxes in, our classifications out: a heron box, a frame with no detection, a
+    path missing under --images; the output validates and every readable frame is answered."""
+    from taxoclip.camtrap.mdjson import check_md_json
+    from taxoclip.cli import main
+
+    md = tmp_path / "md.json"
+    md.write_text(json.dumps({
+        "info": {"format_version": "1.4", "detector": "md_v5a.0.0.pt"},
+        "detection_categories": {"1": "animal", "2": "person", "3": "vehicle"},
+        "images": [
+            {"file": "cam-1/20210531082538-RCNX0031.JPG",
+             "detections": [{"category": "1", "conf": 0.93, "bbox": [0.35947, 0.61382, 0.32951, 0.31225]}]},  # annotated
+            {"file": "cam-1/blank.jpg", "detections": []},
+            {"file": "cam-1/gone.jpg", "detections": [{"category": "1", "conf": 0.9, "bbox": [0.1, 0.1, 0.2, 0.2]}]},
+        ]}))
+    out = tmp_path / "classified.json"
+    assert main(["camtrap", "classify", str(md), "--images", str(sd_card), "-o", str(out)]) == 1
+    images = {im["file"]: im for im in json.loads(out.read_text())["images"]}
+    heron = images["cam-1/20210531082538-RCNX0031.JPG"]
+    assert heron["detections"][0]["classifications"], "the animal box is classified"
+    assert heron["prediction"] not in ("", "blank")
+    assert images["cam-1/blank.jpg"]["prediction"] == "blank"
+    assert "not found" in images["cam-1/gone.jpg"]["failure"]
+    assert check_md_json(out) == []
