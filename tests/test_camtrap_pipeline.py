@@ -113,3 +113,18 @@ def test_classify_a_megadetector_file(sd_card, tmp_path):
     assert images["cam-1/blank.jpg"]["prediction"] == "blank"
     assert "not found" in images["cam-1/gone.jpg"]["failure"]
     assert check_md_json(out) == []
+
+
+def test_camtrap_dp_package_as_input(tmp_path):
+    """A package's local media are run with the times and deployments of its media table."""
+    example = STANDARDS / "example"
+    if not (example / "datapackage.json").is_file():
+        pytest.skip(f"Camtrap DP example not found at {example}")
+    from taxoclip.cli import main
+
+    out = tmp_path / "results.json"
+    assert main(["camtrap", "run", str(example), "-o", str(out), "--detection-threshold", "0.05"]) == 0
+    images = json.loads(out.read_text())["images"]
+    assert len(images) == 10  # the media with a local file; the 413 URLs are not fetched
+    first = next(im for im in images if im["file"].endswith("RCNX0031.JPG"))
+    assert (first["datetime"], first["deployment"]) == ("2021-04-11T20:43:09+01:00", "62c200a9")

@@ -42,21 +42,43 @@ def _number(v):
 def run_images(images: Sequence[str], classifier, detector, *, policy=None, options: CropOptions | None = None,
                detection_threshold: float = 0.1, context=None, events: bool = False, gap: float = 60.0,
                progress=None) -> tuple[list[Frame], str | None]:
-    """Detect and classify image files (folders searched recursively). Returns (frames, their root):
-    frame names are relative to the common folder of the inputs, as MegaDetector writes them."""
+    """Detect and classify image files (folders searched recursively; a Camtrap DP package's
+    `datapackage.json` or folder brings its local media with their times and deployments).
+    Returns (frames, their root): frame names are relative to the folder given (or the common
+    folder of the inputs), as MegaDetector writes them."""
+    import logging
+
+    from ..errors import InputError
     from ..io.images import find_images
 
-    refs, problems = find_images(images)
-    paths = [r.path for r in refs if r.path and r.offset < 0]  # files (tar members are not camera frames)
-    if not paths:
-        from ..errors import InputError
+    packaged: dict[str, Frame] = {}
+    plain = []
+    for item in images:
+        pkg = item if os.path.basename(item) == "datapackage.json" else os.path.join(item, "datapackage.json")
+        if os.path.isfile(pkg):
+            from .camtrapdp import read_camtrap_dp
 
+            media, _ = read_camtrap_dp(pkg)
+            remote = [m for m in media if "://" in m.file]
+            if remote:
+                logging.getLogger(__name__).warning("%s: %d media are URLs, not fetched (only local files are run)",
+                                                    pkg, len(remote))
+            packaged.update({os.path.abspath(m.file): m for m in media if "://" not in m.file})
+        else:
+            plain.append(item)
+    refs, problems = find_images(plain) if plain else ([], [])
+    paths = [os.path.abspath(r.path) for r in refs if r.path and r.offset < 0] + list(packaged)
+    if not paths:
         raise InputError("; ".join(problems) or "no images found")
     folders = [os.path.abspath(i) for i in images if os.path.isdir(i)]
     root = folders[0] if len(folders) == len(images) == 1 else \
-        os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
-    frames = list(detect_frames([os.path.abspath(p) for p in paths], detector, threshold=detection_threshold,
-                                root=root))
+        os.path.commonpath([os.path.dirname(p) for p in paths])
+    frames = list(detect_frames(paths, detector, threshold=detection_threshold, root=root))
+    for f, path in zip(frames, paths):
+        known = packaged.get(path)
+        if known is not None:
+            f.datetime, f.deployment = known.datetime, known.deployment
+            f.latitude, f.longitude = known.latitude, known.longitude
     with_context(frames, root, context)
     classify_frames(frames, classifier, root=root, policy=policy, options=options, events=events, gap=gap,
                     progress=progress)
