@@ -102,3 +102,27 @@ def test_page_shows_an_error_for_a_file_that_is_not_a_photo(page_server, tmp_pat
             expect(page.locator(".card .error")).to_contain_text("not a JPEG", timeout=60_000)
         finally:
             browser.close()
+
+
+def test_api_docs_page_renders_offline(page_server):
+    """/docs shows every route from the package's own Swagger UI, with outside requests blocked."""
+    from playwright.sync_api import expect, sync_playwright
+
+    outside = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=QUIET)
+        try:
+            page = browser.new_page()
+
+            def only_local(route):
+                if route.request.url.startswith(page_server.url):
+                    return route.continue_()
+                outside.append(route.request.url)
+                return route.abort()
+            page.route("**/*", only_local)
+            page.goto(page_server.url + "/docs")
+            for path in ("/v1/predict", "/v1/embed", "/v1/taxa", "/v1/models"):
+                expect(page.locator(".opblock-summary-path", has_text=path).first).to_be_visible(timeout=30_000)
+        finally:
+            browser.close()
+    assert outside == []

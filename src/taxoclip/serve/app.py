@@ -83,7 +83,7 @@ def create_app(settings: ServeSettings | None = None, service=None) -> FastAPI:
         if owned:
             state["service"].batcher.stop()
 
-    app = FastAPI(title="taxoclip", version=_version(), lifespan=lifespan,
+    app = FastAPI(title="taxoclip", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Identify species across the tree of life from photos.")
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
@@ -236,6 +236,16 @@ def create_app(settings: ServeSettings | None = None, service=None) -> FastAPI:
         if state["service"] is not None:
             depth.set(state["service"].batcher.depth)
         return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
+
+    @app.get("/docs", include_in_schema=False)
+    async def api_page():
+        """Swagger UI from the package's own copy (FastAPI's default loads it from a CDN)."""
+        from fastapi.openapi.docs import get_swagger_ui_html
+
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title="taxoclip API",
+                                   swagger_js_url="/static/swagger-ui/swagger-ui-bundle.js",
+                                   swagger_css_url="/static/swagger-ui/swagger-ui.css",
+                                   swagger_favicon_url="/static/swagger-ui/favicon-32x32.png")
 
     @app.get("/", include_in_schema=False)
     async def page():
