@@ -1,0 +1,82 @@
+"""Nearest photos: an index of image embeddings, searched by photo, with a novelty flag.
+
+"Have we seen this before?" is a question museum and monitoring teams ask of every new
+photo. The index holds the L2-normalised embeddings of a photo collection (faiss, exact
+inner product); a query gets its `k` most similar photos with cosine similarities. It is
+`novel` when even its nearest photo is less similar than the index's own photos are to
+their nearest neighbours at the `novelty_quantile` (default 5 %): the threshold is learnt
+from the collection (leave-one-out), not a fixed number.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..durable import write_atomic
+from ..errors import InputError
+
+__all__ = ["PhotoIndex"]
+
+VECTORS, NAMES, META = "vectors.npy", "photos.parquet", "index.json"
+
+
+@dataclass
+class PhotoIndex:
+    vectors: np.ndarray  # [N, D] float32, unit rows
+    names: list[str]
+    model: str
+    threshold: float  # novelty: a query whose best similarity is below this is novel
+    quantile: float
+
+    @classmethod
+    def build(cls, names: Sequence[str], vectors: np.ndarray, model: str, quantile: float = 0.05) -> "PhotoIndex":
+        v = _unit(vectors)
+        if len(v) < 2:
+            raise InputError("an index needs at least two readable photos")
+        sims, _ = _search(v, v, 2)  # the first hit is the photo itself
+        return cls(v, list(names), model, float(np.quantile(sims[:, 1], quantile)), quantile)
+
+    def search(self, vectors: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(similarities [Q, k'], positions [Q, k'], novel [Q])."""
+        sims, pos = _search(self.vectors, _unit(vectors), min(k, len(self.vectors)))
+        return sims, pos, sims[:, 0] < self.threshold
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / VECTORS, self.vectors)
+        pd.DataFrame({"file_name": self.names}).to_parquet(folder / NAMES, index=False)
+        write_atomic(folder / META, json.dumps({"model": self.model, "photos": len(self.names), "dim":
+                                                int(self.vectors.shape[1]), "novelty_threshold": self.threshold,
+                                                "novelty_quantile": self.quantile}, indent=2).encode())
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> "PhotoIndex":
+        folder = Path(folder)
+        try:
+            meta = json.loads((folder / META).read_text())
+            vectors = np.load(folder / VECTORS, allow_pickle=False)
+            names = pd.read_parquet(folder / NAMES)["file_name"].tolist()
+        except (OSError, ValueError, KeyError) as e:
+            raise InputError(f"{folder}: not a photo index (build one with `taxoclip index build`): {e}") from None
+        return cls(vectors, names, meta["model"], float(meta["novelty_threshold"]), float(meta["novelty_quantile"]))
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    v = np.ascontiguousarray(v, dtype=np.float32)
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+
+def _search(base: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    import faiss
+
+    index = faiss.IndexFlatIP(base.shape[1])
+    index.add(base)
+    return index.search(queries, k)
