@@ -289,7 +289,8 @@ def test_archive_images_fetched_from_a_local_server(tmp_path, images):
         records = list(read_dwca(archive))
         journal = tmp_path / "fetch.sqlite"
         got = {r.url: (data, err) for r, data, err in fetch_all(
-            records, journal, concurrency=4, per_host_rate=None, timeout=1.0, backoff=0.05)}
+            records, journal, concurrency=4, per_host_rate=None, timeout=1.0, backoff=0.05,
+            allow_private_addresses=True)}
         assert len(got) == 6
         for i in (1, 3, 4, 5, 6):
             assert got[srv.url(routes[i], i)] == (images[i], None)
@@ -297,7 +298,7 @@ def test_archive_images_fetched_from_a_local_server(tmp_path, images):
         assert srv.hits["/img/1.jpg"] == 1 and srv.hits["/slow/3.jpg"] == 1
         assert srv.hits["/flaky/4.jpg"] == 2 and srv.hits["/redirect/5.jpg"] == 1 and srv.hits["/img/5.jpg"] == 1
         before = srv.hits.copy()
-        again = list(fetch_all(read_dwca(archive), journal, per_host_rate=None))
+        again = list(fetch_all(read_dwca(archive), journal, per_host_rate=None, allow_private_addresses=True))
         assert len(again) == 6 and srv.hits == before  # the re-run is served from the journal
 
 
@@ -321,7 +322,8 @@ def test_build_gets_every_reachable_image_once_and_reports_the_rest(tmp_path, im
         config = BuildConfig(image=ImageSpec(size=32, min_side=16), dedup_threshold=0, exclude_threshold=0,
                              aligned=None)
         options = BuildOptions(workers=0, progress=False, fetch=dict(
-            concurrency=4, per_host_rate=None, timeout=1.0, retries=1, backoff=0.05))
+            concurrency=4, per_host_rate=None, timeout=1.0, retries=1, backoff=0.05,
+            allow_private_addresses=True))
         stats = build([archive], tmp_path / "out", config=config, options=options)
 
     assert stats["images"] == 5

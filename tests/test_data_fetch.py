@@ -122,7 +122,9 @@ def _record(url: str | None, i: int = 0, image: bytes | None = None) -> Record:
                   data_source="test", origin=url or "inline", url=url, image=image)
 
 
-FAST = dict(concurrency=8, per_host_rate=None, timeout=1.0, retries=2, backoff=0.05, max_bytes=1 << 20)
+# The server is on 127.0.0.1, which fetch_all refuses by default (see test_hostile_inputs.py).
+FAST = dict(concurrency=8, per_host_rate=None, timeout=1.0, retries=2, backoff=0.05, max_bytes=1 << 20,
+            allow_private_addresses=True)
 
 
 def test_every_reachable_image_once_and_the_rest_reported(tmp_path, images):
@@ -245,7 +247,8 @@ def test_killed_run_resumes_without_refetching(tmp_path, images):
             from taxoclip.taxonomy import Taxon
             urls = {urls!r}
             recs = [Record(str(i), Taxon("Animalia"), "t", u, url=u) for i, u in enumerate(urls)]
-            for n, (r, data, err) in enumerate(fetch_all(recs, {str(journal)!r}, concurrency=2, per_host_rate=None)):
+            for n, (r, data, err) in enumerate(fetch_all(recs, {str(journal)!r}, concurrency=2, per_host_rate=None,
+                                                                 allow_private_addresses=True)):
                 assert err is None, err
                 print(r.url, flush=True)
                 if n == 9:

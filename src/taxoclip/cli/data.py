@@ -74,6 +74,9 @@ def register(sub) -> None:
                       help="HTTP requests per second to one host (default: the fetcher's polite default)")
     run_.add_argument("--timeout", type=float, default=30.0, help="seconds per HTTP attempt (default 30)")
     run_.add_argument("--retries", type=_non_negative, default=2, help="HTTP retries on 429/5xx/timeouts (default 2)")
+    run_.add_argument("--allow-private-addresses", action="store_true",
+                      help="also download from loopback, link-local and private addresses (an intranet server, a "
+                           "test server); by default an archive's URLs may only lead to public addresses")
     run_.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                       help="show a progress bar (default: when stderr is a terminal)")
     b.set_defaults(func=run, data_func=_build)
@@ -112,6 +115,8 @@ def _build(args: argparse.Namespace) -> int:
     fetch = {"concurrency": args.concurrency, "timeout": args.timeout, "retries": args.retries}
     if args.per_host_rate is not None:
         fetch["per_host_rate"] = args.per_host_rate if args.per_host_rate > 0 else None
+    if args.allow_private_addresses:
+        fetch["allow_private_addresses"] = True
     options = BuildOptions(workers=args.workers, checkpoint_every=args.checkpoint_every, progress=args.progress,
                            overwrite=args.overwrite, fetch=fetch)
     stats = build(args.inputs, args.out, exclude=args.exclude, config=config, options=options)

@@ -345,7 +345,8 @@ class _Builder:
                 record.image = data
                 buffer.put(seq, record, None)
             else:
-                buffer.put(seq, record, _Outcome("error", f"download failed: {error}"))
+                what = "download" if error.startswith("refused") else "download failed:"  # counted apart
+                buffer.put(seq, record, _Outcome("error", f"{what} {error}"))
             while first and first[0] in buffer:
                 yield buffer.pop(first[0])
                 first[0] += 1

@@ -11,14 +11,25 @@ bytes. Bytes and the "done" mark are written in the same transaction, committed 
 record is yielded; a re-run with the same journal serves successes from the file without
 touching the network, repeats permanent failures (404, too large) without asking again, and
 retries transient ones (timeouts, 429, 5xx, connection errors).
+
+Hostile URLs: an archive is downloaded input, and its media URLs may point anywhere. Only
+http(s) is fetched; size, redirects and time per attempt are capped; and unless
+`allow_private_addresses` is set (`taxoclip data build --allow-private-addresses`), no request
+goes to a loopback, link-local, private or otherwise non-public address. The check runs on every
+hop of a redirect chain (redirects are followed here, not by aiohttp) and on every address a
+name resolves to, at connection time (the connector's resolver refuses them), so a name that
+resolves differently the second time cannot slip through. Refusals are not journaled: a re-run
+with the option set asks again.
 """
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import ipaddress
 import logging
 import queue
 import random
+import socket
 import sqlite3
 import threading
 import time
@@ -33,7 +44,7 @@ from urllib.parse import urlsplit
 from ..errors import InputError
 from .records import Record
 
-__all__ = ["fetch_all", "FetchJournal", "FetchStats", "DEFAULT_PER_HOST_RATE", "USER_AGENT"]
+__all__ = ["fetch_all", "FetchJournal", "FetchStats", "DEFAULT_PER_HOST_RATE", "USER_AGENT", "address_refusal"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +52,10 @@ DEFAULT_PER_HOST_RATE = 20.0  # requests per second to one host: polite to a mus
 USER_AGENT = "taxoclip/0.1 (+https://github.com/taxoclip/taxoclip; Tree-of-Life dataset builder)"
 _RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504, 507, 509, 520, 521, 522, 523, 524})
 _DONE, _FAILED, _TRANSIENT = 1, 2, 3  # journal states; only _TRANSIENT is retried on a re-run
+_REFUSED = 0  # an address refused by policy: not journaled, so a re-run with the option set asks again
+_REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_ALLOW_HINT = "pass --allow-private-addresses to fetch from it"
 Result = tuple[Record, "bytes | None", "str | None"]
 
 
@@ -53,6 +68,7 @@ class FetchStats:
     failed: int = 0  # yielded with an error (permanent or after all retries)
     retries: int = 0  # extra attempts made
     bytes: int = 0  # bytes downloaded now
+    refused: int = 0  # URLs not asked for: a loopback, link-local, private or non-public address
     errors: dict[str, int] = field(default_factory=dict)  # reason -> count
 
 
@@ -135,6 +151,7 @@ def fetch_all(
     backoff: float = 0.5,
     max_retry_after: float = 120.0,
     user_agent: str = USER_AGENT,
+    allow_private_addresses: bool = False,
     stats: FetchStats | None = None,
 ) -> Iterator[Result]:
     """Yield (record, bytes, None) or (record, None, reason) for every record, in completion order.
@@ -147,7 +164,12 @@ def fetch_all(
       first on 408/429/5xx, timeouts and connection errors, with exponential backoff from
       `backoff` seconds plus jitter, or Retry-After when the server gives one (up to
       `max_retry_after`, beyond which the URL is left for a re-run).
-    - max_bytes: larger bodies fail with "too large"; max_redirects: longer chains fail.
+    - max_bytes: larger bodies fail with "too large"; max_redirects: longer chains fail. The
+      timeout covers a whole attempt: every redirect hop and the body.
+    - allow_private_addresses: also fetch from loopback, link-local, private and other
+      non-public addresses (a museum's intranet, a test server). Off by default: an archive's
+      URLs are not trusted to stay on the public internet (see the module's notes).
+    Only http(s) URLs are fetched; others fail with "not an http(s) URL".
     Records without a URL pass through: their own `image`, or the reason "no URL".
     Duplicate URLs are fetched once. The journal (a sqlite file) makes a re-run resume.
     """
@@ -161,7 +183,7 @@ def fetch_all(
     engine = _Engine(journal, writer, stats if stats is not None else FetchStats(), concurrency=concurrency,
                      per_host_rate=per_host_rate, timeout=timeout, retries=retries, max_bytes=max_bytes,
                      max_redirects=max_redirects, backoff=backoff, max_retry_after=max_retry_after,
-                     user_agent=user_agent)
+                     user_agent=user_agent, allow_private=allow_private_addresses)
     out: queue.SimpleQueue = queue.SimpleQueue()
     thread = threading.Thread(target=engine.run, args=(iter(records), out), name="taxoclip-fetch", daemon=True)
     thread.start()
@@ -198,7 +220,8 @@ class _Failure:
 class _HostLimiter:
     """A per-host token bucket (GCRA form: one reservation per request), pausable by Retry-After."""
 
-    def __init__(self, rate: float | None):
+    def __init__(self, rate: float | None, host: str = ""):
+        self.host = host
         self.interval = 1.0 / rate if rate else 0.0
         self.tolerance = max(0.0, rate - 1.0) * self.interval if rate else 0.0  # burst of `rate`
         self.tat = 0.0  # theoretical arrival time of the next request
@@ -220,19 +243,27 @@ class _HostLimiter:
     def pause(self, seconds: float) -> None:
         self.paused_until = max(self.paused_until, asyncio.get_running_loop().time() + seconds)
 
+    def proxy(self, scheme: str) -> str | None:
+        """The proxy for this host and scheme (looked up once)."""
+        if scheme not in self.proxies:
+            self.proxies[scheme] = _proxy_for(scheme, self.host)
+        return self.proxies[scheme]
+
 
 class _Engine:
     """The event-loop side of `fetch_all`: feeds the window, fetches, journals, hands results over."""
 
     def __init__(self, journal: FetchJournal, writer: FetchJournal, stats: FetchStats, *, concurrency: int,
                  per_host_rate: float | None, timeout: float, retries: int, max_bytes: int, max_redirects: int,
-                 backoff: float, max_retry_after: float, user_agent: str):
+                 backoff: float, max_retry_after: float, user_agent: str, allow_private: bool = False):
         # Two connections to the journal: lookups on the loop thread, commits on a worker thread
         # (a WAL checkpoint's fsync must not stall the downloads).
         self.journal, self.writer, self.stats = journal, writer, stats
         self.concurrency, self.rate, self.timeout, self.retries = concurrency, per_host_rate, timeout, retries
         self.max_bytes, self.max_redirects, self.backoff = max_bytes, max_redirects, backoff
         self.max_retry_after, self.user_agent = max_retry_after, user_agent
+        self.allow_private = allow_private
+        self.proxied_refusals: dict[str, str | None] = {}  # host -> refusal, for names a proxy resolves
         self.window_size = max(64, 4 * concurrency)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.main_task: asyncio.Task | None = None
@@ -291,24 +322,29 @@ class _Engine:
         self.pending: list[tuple[tuple, asyncio.Future]] = []
         self.pending_bytes = 0
         self.flush_wanted = asyncio.Event()
-        connector = aiohttp.TCPConnector(limit=self.concurrency, ttl_dns_cache=300)
+        self.resolver = None if self.allow_private else _GuardedResolver()
+        connector = aiohttp.TCPConnector(limit=self.concurrency, ttl_dns_cache=300, resolver=self.resolver)
         timeout = aiohttp.ClientTimeout(total=self.timeout, sock_connect=min(self.timeout, 15.0))
         # trust_env=False: aiohttp would look proxies and .netrc up in a thread on every request;
         # `_proxy_for` reads the same environment once per host.
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False,
-                                         headers={"User-Agent": self.user_agent}) as self.session:
-            committer = asyncio.create_task(self._committer())
-            tasks: set[asyncio.Task] = set()
-            try:
-                await self._feed(records, tasks)
-                while tasks:
-                    await asyncio.wait(tasks)
-            finally:
-                for t in tasks:
-                    t.cancel()
-                committer.cancel()
-                await asyncio.gather(*tasks, committer, return_exceptions=True)
-                self._commit(self._take_pending())  # finished but not committed yet
+        try:
+            async with aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False,
+                                             headers={"User-Agent": self.user_agent}) as self.session:
+                committer = asyncio.create_task(self._committer())
+                tasks: set[asyncio.Task] = set()
+                try:
+                    await self._feed(records, tasks)
+                    while tasks:
+                        await asyncio.wait(tasks)
+                finally:
+                    for t in tasks:
+                        t.cancel()
+                    committer.cancel()
+                    await asyncio.gather(*tasks, committer, return_exceptions=True)
+                    self._commit(self._take_pending())  # finished but not committed yet
+        finally:
+            if self.resolver is not None:  # the connector closes only a resolver it made
+                await self.resolver.close()
 
     async def _feed(self, records: Iterator[Record], tasks: set[asyncio.Task]) -> None:
         """Start one task per record, never more than the window allows."""
@@ -364,9 +400,11 @@ class _Engine:
         done = self.loop.create_future()
         self.inflight[url] = done
         try:
-            data, error, transient, attempts = await self._fetch(url)
-            state = _DONE if error is None else (_TRANSIENT if transient else _FAILED)
-            await self._journal(url, state, error, attempts, data)
+            data, error, state, attempts = await self._fetch(url)
+            if state == _REFUSED:
+                self.stats.refused += 1
+            else:
+                await self._journal(url, state, error, attempts, data)
             done.set_result((data, error))
         except BaseException as e:
             done.set_exception(e)
@@ -380,19 +418,14 @@ class _Engine:
         self._emit(record, data, error)
 
     # ----- one URL ----------------------------------------------------------------------------
-    async def _fetch(self, url: str) -> tuple[bytes | None, str | None, bool, int]:
-        """(bytes, error, transient, attempts) after up to 1 + retries attempts."""
+    async def _fetch(self, url: str) -> tuple[bytes | None, str | None, int, int]:
+        """(bytes, error, journal state, attempts) after up to 1 + retries attempts."""
         import aiohttp
 
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            return None, "not an http(s) URL", False, 0
-        host = self.hosts.get(parts.hostname)
-        if host is None:
-            host = self.hosts[parts.hostname] = _HostLimiter(self.rate)
-        proxy = host.proxies.get(parts.scheme, "")
-        if proxy == "":
-            proxy = host.proxies[parts.scheme] = _proxy_for(parts.scheme, parts.hostname)
+            return None, "not an http(s) URL", _FAILED, 0
+        host = self._host(parts.hostname)
         reason = "error"
         for attempt in range(self.retries + 1):
             if attempt:
@@ -401,34 +434,97 @@ class _Engine:
             await host.acquire()
             async with self.requests:
                 try:
-                    async with self.session.get(url, max_redirects=self.max_redirects, proxy=proxy) as resp:
-                        if 200 <= resp.status < 300 and resp.status != 204:
-                            data, error = await self._read(resp)
-                            return data, error, False, attempt + 1
-                        reason = f"HTTP {resp.status}"
-                        if resp.status not in _RETRY_STATUS:
-                            return None, reason, False, attempt + 1
-                        delay = _retry_after(resp.headers.get("Retry-After"))
-                        if delay is not None and delay > self.max_retry_after:
-                            return None, f"{reason} (Retry-After {delay:.0f} s)", True, attempt + 1
-                        if delay is None and resp.status == 429:
-                            delay = self._backoff(attempt)
-                        if delay is not None:  # the host asked everyone to slow down
-                            host.pause(delay)
-                except aiohttp.TooManyRedirects:
-                    return None, f"more than {self.max_redirects} redirects", False, attempt + 1
+                    data, reason, state, status, delay = await asyncio.wait_for(self._follow(url), self.timeout)
+                    if state != _TRANSIENT:
+                        return data, reason, state, attempt + 1
+                    if delay is not None and delay > self.max_retry_after:
+                        return None, f"{reason} (Retry-After {delay:.0f} s)", _TRANSIENT, attempt + 1
+                    if delay is None and status == 429:
+                        delay = self._backoff(attempt)
+                    if delay is not None:  # the host asked everyone to slow down
+                        host.pause(delay)
                 except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as e:
-                    return None, f"invalid URL ({type(e).__name__})", False, attempt + 1
+                    return None, f"invalid URL ({type(e).__name__})", _FAILED, attempt + 1
                 except asyncio.TimeoutError:
                     reason = "timeout"
-                except aiohttp.ClientResponseError as e:  # malformed response, bad redirect …
+                except aiohttp.ClientConnectorError as e:
+                    if isinstance(e.os_error, _Refused):  # the resolver refused where the name led
+                        return None, f"refused: {e.os_error} ({_ALLOW_HINT})", _REFUSED, attempt + 1
+                    reason = f"connection error ({type(e).__name__})"
+                except aiohttp.ClientResponseError as e:  # malformed response …
                     reason = f"bad response ({e.status or type(e).__name__})"
                 except (aiohttp.ClientError, OSError) as e:
                     reason = f"connection error ({type(e).__name__})"
             if attempt < self.retries:
                 await asyncio.sleep(self._backoff(attempt) if delay is None else delay)
         n = self.retries + 1
-        return None, f"{reason} after {n} attempt{'s' if n > 1 else ''}", True, n
+        return None, f"{reason} after {n} attempt{'s' if n > 1 else ''}", _TRANSIENT, n
+
+    async def _follow(self, url: str) -> tuple[bytes | None, str | None, int, int, float | None]:
+        """One attempt: GET `url`, following redirects here so that every hop's target is checked.
+
+        Returns (bytes, error, journal state, last HTTP status, Retry-After seconds or None).
+        """
+        from yarl import URL
+
+        target: str | URL = url
+        for _ in range(self.max_redirects + 1):
+            u = target if isinstance(target, URL) else URL(target)
+            if u.scheme not in ("http", "https") or not u.host:
+                return None, f"redirected to a non-http(s) URL ({u.scheme or 'no scheme'})", _FAILED, 0, None
+            proxy = self._host(u.host).proxy(u.scheme)
+            refusal = await self._refusal(u.host, proxied=proxy is not None)
+            if refusal is not None:
+                return None, f"refused: {refusal} ({_ALLOW_HINT})", _REFUSED, 0, None
+            if proxy is not None and self.resolver is not None:
+                self.resolver.trusted.add(URL(proxy).host or "")  # the proxy itself may sit on the intranet
+            async with self.session.get(target, allow_redirects=False, proxy=proxy) as resp:
+                if resp.status in _REDIRECT_STATUS and resp.headers.get("Location"):
+                    try:
+                        target = resp.url.join(URL(resp.headers["Location"]))
+                    except ValueError:
+                        return None, "bad redirect (unreadable Location)", _FAILED, resp.status, None
+                    continue
+                if 200 <= resp.status < 300 and resp.status != 204:
+                    data, error = await self._read(resp)
+                    return data, error, _DONE if error is None else _FAILED, resp.status, None
+                reason = f"HTTP {resp.status}"
+                if resp.status not in _RETRY_STATUS:
+                    return None, reason, _FAILED, resp.status, None
+                return None, reason, _TRANSIENT, resp.status, _retry_after(resp.headers.get("Retry-After"))
+        return None, f"more than {self.max_redirects} redirects", _FAILED, 0, None
+
+    def _host(self, name: str) -> _HostLimiter:
+        host = self.hosts.get(name)
+        if host is None:
+            host = self.hosts[name] = _HostLimiter(self.rate, name)
+        return host
+
+    async def _refusal(self, host: str, proxied: bool) -> str | None:
+        """Why a request to `host` must not be made, or None.
+
+        IP literals are checked here (the connector does not resolve them). Names are checked by
+        the connector's resolver when the connection is direct; through a proxy, which resolves
+        them itself, they are resolved here too (a name that does not resolve here is left to it).
+        """
+        if self.allow_private:
+            return None
+        if _looks_numeric(host):
+            try:
+                address = ipaddress.ip_address(host)
+            except ValueError:
+                return f"{host} is not a canonical IP address"
+            return address_refusal(address)
+        if not proxied:
+            return None
+        if host not in self.proxied_refusals:
+            try:
+                infos = await self.loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+            except OSError:
+                infos = []
+            why = next((w for w in (address_refusal(i[4][0]) for i in infos) if w), None)
+            self.proxied_refusals[host] = f"{host} resolves to {why}" if why else None
+        return self.proxied_refusals[host]
 
     def _backoff(self, attempt: int) -> float:
         """Exponential backoff with "equal jitter": half fixed, half random, capped at a minute."""
@@ -484,6 +580,65 @@ class _Engine:
     def _commit(self, batch: list[tuple[tuple, asyncio.Future]]) -> None:
         if batch:
             self.writer.put_many([row for row, _ in batch])
+
+
+def address_refusal(address: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why an address is no place to download from ("loopback address 127.0.0.1"), or None.
+
+    Refused: loopback, link-local (169.254.169.254 is the cloud metadata service), unspecified,
+    multicast, private, reserved and anything else not globally routable (shared 100.64/10 …).
+    IPv4-mapped and NAT64 IPv6 addresses are judged by the IPv4 address they carry.
+    """
+    try:
+        ip = ipaddress.ip_address(address) if isinstance(address, str) else address
+    except ValueError:
+        return f"{address} is not an IP address"
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        elif ip in _NAT64:
+            ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    for kind, hit in (("loopback", ip.is_loopback), ("link-local", ip.is_link_local),
+                      ("unspecified", ip.is_unspecified), ("multicast", ip.is_multicast),
+                      ("private", ip.is_private), ("reserved", ip.is_reserved), ("non-public", not ip.is_global)):
+        if hit:
+            return f"{kind} address {address}"
+    return None
+
+
+def _looks_numeric(host: str) -> bool:
+    """Whether a URL host is meant as an IP address (aiohttp's test: it does not resolve these)."""
+    return ":" in host or host.replace(".", "").isdigit()
+
+
+class _Refused(OSError):
+    """Raised by `_GuardedResolver`; aiohttp hands it back as a ClientConnectorError's os_error."""
+
+
+class _GuardedResolver:
+    """aiohttp's resolver, refusing a name when any address it resolves to is not public.
+
+    It runs when the connection is made, so it judges the addresses actually connected to (no
+    second lookup that could answer differently). `trusted` holds the proxies' host names.
+    """
+
+    def __init__(self) -> None:
+        from aiohttp.resolver import DefaultResolver
+
+        self.inner = DefaultResolver()
+        self.trusted: set[str] = set()
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list:
+        results = await self.inner.resolve(host, port, family)
+        if host not in self.trusted:
+            for r in results:
+                why = address_refusal(r["host"])
+                if why:
+                    raise _Refused(f"{host} resolves to {why}")
+        return results
+
+    async def close(self) -> None:
+        await self.inner.close()
 
 
 def _proxy_for(scheme: str, host: str) -> str | None:

@@ -5,6 +5,10 @@ Reads bio-mini, the TreeOfLife shards and taxoclip's own output alike. Shards ar
 (any keys `Taxon.from_record` reads: `kingdom` … `genus`, `species`, `scientificName`,
 `common_name`), `source_id` (else the sample key), `data_source` (else the shard set's
 folder name), `license`/`license_note`, `traits`, and everything else is kept as metadata.
+
+Members are read into memory, never extracted, so no name in a shard is ever a path written
+to. Members a well-formed shard never has (links, devices, names that are absolute or climb
+out with `..`) become error records, counted in the build's report as "refused tar member".
 """
 from __future__ import annotations
 
@@ -66,6 +70,11 @@ def _read_shard(shard: Path, default_source: str) -> Iterator[Record]:
     try:
         with tarfile.open(shard, "r|*") as tar:
             for member in tar:
+                refusal = _member_refusal(member)
+                if refusal is not None:
+                    yield Record(source_id=f"{shard.name}:{member.name}", taxon=Taxon(), data_source=default_source,
+                                 origin=f"{shard}/{member.name}", error=f"refused tar member: {refusal}")
+                    continue
                 if not member.isfile():
                     continue
                 k, ext = _split_key(member.name)
@@ -82,6 +91,21 @@ def _read_shard(shard: Path, default_source: str) -> Iterator[Record]:
         return
     if key is not None:
         yield _record(shard, key, files, default_source)
+
+
+def _member_refusal(member: tarfile.TarInfo) -> str | None:
+    """Why a member is not a sample file (None for regular files and folders)."""
+    if member.isdir():
+        return None
+    if member.issym() or member.islnk():
+        kind = "symbolic" if member.issym() else "hard"
+        return f"{member.name!r} is a {kind} link (to {member.linkname!r})"
+    if not member.isfile():
+        return f"{member.name!r} is not a regular file"
+    name = member.name.replace("\\", "/")
+    if name.startswith("/") or ".." in name.split("/"):
+        return f"{member.name!r} names a path outside the archive"
+    return None
 
 
 def _record(shard: Path, key: str, files: dict[str, bytes], default_source: str) -> Record:

@@ -75,6 +75,9 @@ def verify(out: str | Path, *, decode: bool = True) -> VerifyReport:
 
 
 def _check_shard(out: Path, shard: str, rows: dict, seen: set, report: VerifyReport, decode: bool) -> None:
+    if Path(shard).is_absolute() or ".." in Path(shard).parts:  # a hand-edited or hostile catalog
+        report.add(f"{shard}: named in the catalog, but outside the folder (not read)")
+        return
     path = out / shard
     if not path.is_file():
         report.add(f"{shard}: named in the catalog but missing")
@@ -82,9 +85,11 @@ def _check_shard(out: Path, shard: str, rows: dict, seen: set, report: VerifyRep
     samples: dict[str, dict[str, bytes]] = defaultdict(dict)
     order: list[str] = []
     try:
-        with tarfile.open(path, "r:") as tar:
+        with tarfile.open(path, "r:") as tar:  # read into memory, never extracted
             for m in tar:
                 if not m.isfile():
+                    if not m.isdir():  # a link or a device: the builder never writes one
+                        report.add(f"{shard}: member {m.name!r} is not a regular file")
                     continue
                 key, _, ext = m.name.partition(".")
                 if key not in samples:

@@ -5,6 +5,9 @@ A run is described by one `TrainConfig`. Recipes are YAML files with the same ne
 overrides any field with `section.field=value` (`optim.lr=3e-4`, `data.train=[a.tar,b.tar]`).
 Values are converted to the field's declared type, so `1e-4` is a float even though YAML
 1.1 would read it as a string.
+
+YAML is only ever read with `yaml.safe_load`: a recipe is data, and a tag that would build a
+Python object (`!!python/object/apply:os.system`) is refused with a one-line error naming the file.
 """
 from __future__ import annotations
 
@@ -15,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import TaxoclipError
+from ..errors import InputError, TaxoclipError
 
 __all__ = [
-    "ConfigError", "ModelConfig", "DataConfig", "OptimConfig", "LossConfig", "EvalConfig", "TrainConfig",
-    "load_config", "apply_overrides", "PRECISIONS", "MIXED_TEXT_TYPES",
+    "ConfigError", "ConfigFileError", "ModelConfig", "DataConfig", "OptimConfig", "LossConfig", "EvalConfig",
+    "TrainConfig", "load_config", "apply_overrides", "PRECISIONS", "MIXED_TEXT_TYPES",
 ]
 
 # The five text types BioCLIP 2 mixes (one per optimiser step for the whole global batch).
@@ -29,6 +32,10 @@ PRECISIONS = ("fp32", "amp_bf16", "bf16", "pure_bf16", "fp16")
 
 class ConfigError(TaxoclipError, ValueError):
     """A recipe or override that cannot be used (unknown key, bad value, inconsistent sizes)."""
+
+
+class ConfigFileError(ConfigError, InputError):
+    """A recipe file that cannot be read at all (missing, not YAML, a refused tag): an unusable input."""
 
 
 @dataclass
@@ -224,15 +231,24 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
         p = Path(path)
         try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except OSError as e:
-            raise ConfigError(f"cannot read config {p}: {e.strerror or e}") from None
+            data = yaml.safe_load(p.read_text()) or {}  # never yaml.load: no tag may build an object
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigFileError(f"cannot read config {p}: {getattr(e, 'strerror', None) or e}") from None
+        except yaml.constructor.ConstructorError as e:
+            raise ConfigFileError(f"config {p}: refused{_yaml_where(e)}: {e.problem} (recipes are plain YAML; "
+                                  f"tags that build Python objects are not read)") from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"config {p} is not valid YAML: {e}") from None
+            raise ConfigFileError(f"config {p} is not valid YAML{_yaml_where(e)}: "
+                                  f"{getattr(e, 'problem', None) or ' '.join(str(e).split())}") from None
         if not isinstance(data, dict):
-            raise ConfigError(f"config {p}: expected a mapping at the top level")
+            raise ConfigFileError(f"config {p}: expected a mapping at the top level")
     cfg = _build(TrainConfig, data)
     return apply_overrides(cfg, overrides or [])
+
+
+def _yaml_where(e: Exception) -> str:
+    mark = getattr(e, "problem_mark", None)
+    return f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
 
 
 def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
