@@ -15,7 +15,8 @@ from .. import __version__
 from ..errors import TaxoclipError
 
 # Sub-command modules, in the order `--help` lists them.
-COMMANDS = ["predict", "decide", "calibrate", "camtrap", "embed", "serve", "eval", "analyze", "prototypes", "index", "list_models", "list_taxa", "data", "train", "geo"]
+COMMANDS = ["predict", "decide", "calibrate", "camtrap", "embed", "serve", "eval", "analyze", "prototypes", "index",
+            "list_models", "list_taxa", "data", "train", "geo"]
 
 
 def build_parser() -> argparse.ArgumentParser:
