@@ -20,7 +20,6 @@ import zlib
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.parquet as pq
 
 COUNTRIES = [("FR", "FRA"), ("KE", "KEN"), ("US", "USA"), ("BR", "BRA"), ("AU", "AUS"), ("IN", "IND")]
 HEADER = ["gbifID", "kingdom", "phylum", "class", "order", "family", "genus", "species", "taxonRank", "countryCode"]

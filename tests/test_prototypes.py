@@ -1,7 +1,6 @@
 """Add my species from a few photos: prototypes become a vocabulary that predict uses."""
 import numpy as np
 import pandas as pd
-import pytest
 from PIL import Image
 
 from taxoclip.cli import main

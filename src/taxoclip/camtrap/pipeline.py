@@ -13,15 +13,14 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
-import numpy as np
 import pyarrow as pa
 
 from ..decide import Policy, decide_tables
 from ..decide.scores import LEVELS, SEP
 from ..errors import InputError
-from .results import Answer, Classification, Detection, Frame
+from .results import Answer, Classification, Frame
 
 __all__ = ["CropOptions", "crop_box", "classify_frames", "detect_frames", "frame_answer", "load_frame_image"]
 

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
                     row = analysis.trait_orthogonality(emb, ds.labels, ds.column(args.trait))
                 else:
                     row = analysis.trait_ordering(emb, ds.labels, ds.column(args.trait))
-            except InputError as e:
+            except InputError:
                 if len(sets) == 1:
                     raise
                 continue  # a set without species pairs or without the trait: the others still count

@@ -5,7 +5,7 @@ is the decision the photos got when they were first predicted.
 """
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator
 
 import numpy as np
 import pandas as pd
