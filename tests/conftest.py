@@ -26,6 +26,17 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("TAXOCLIP_CACHE", str(tmp_path_factory.getbasetemp() / "taxoclip-cache"))
 
 
+@pytest.fixture(autouse=True)
+def _strict_truncated_images():
+    """Some libraries the tests import (MegaDetector's validator) set Pillow's process-wide
+    LOAD_TRUNCATED_IMAGES at import; taxoclip's own default is to report a truncated photo."""
+    from PIL import ImageFile
+
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    yield
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
 @pytest.fixture(scope="session")
 def hf_cache(tmp_path_factory) -> Path:
     """An offline Hugging Face cache with a tiny random `imageomics/bioclip-2` and its vocabulary."""

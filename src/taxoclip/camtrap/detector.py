@@ -282,8 +282,11 @@ class MegaDetector:
     categories = CATEGORIES
 
     def __init__(self, weights: str, device: str = "auto"):
+        from PIL import ImageFile
         from megadetector.detection import run_detector
 
+        # its imports switch on Pillow's process-wide LOAD_TRUNCATED_IMAGES: keep truncated photos errors
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
         self.name = "megadetector"
         self.version = Path(weights).name
         self._impl = run_detector.load_detector(str(weights), force_cpu=(device == "cpu"))
