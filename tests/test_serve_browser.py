@@ -19,6 +19,16 @@ QUIET = ["--no-sandbox", "--disable-background-networking", "--disable-component
          "--metrics-recording-only", "--no-pings"]
 
 
+def _only_local(page, base: str, outside: list) -> None:
+    """Let the page reach the test server only; note (and abort) anything else it asks for."""
+    def route(r):
+        if r.request.url.startswith(base):
+            return r.continue_()
+        outside.append(r.request.url)
+        return r.abort()
+    page.route("**/*", route)
+
+
 @pytest.fixture(scope="module")
 def page_server():
     srv = LiveServer(create_app(ServeSettings(precision="fp32")))
@@ -49,13 +59,7 @@ def test_page_identifies_a_dropped_photo_and_follows_rank_and_labels(page_server
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=QUIET)
         try:
             page = browser.new_page(viewport={"width": 1000, "height": 800})
-
-            def only_local(route):
-                if route.request.url.startswith(page_server.url):
-                    return route.continue_()
-                outside.append(route.request.url)
-                return route.abort()
-            page.route("**/*", only_local)
+            _only_local(page, page_server.url, outside)
             page.goto(page_server.url + "/")
             expect(page.locator("#model-line")).to_contain_text("taxoclip-mini")
             page.set_input_files("#files", str(photo))
@@ -113,13 +117,7 @@ def test_api_docs_page_renders_offline(page_server):
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=QUIET)
         try:
             page = browser.new_page()
-
-            def only_local(route):
-                if route.request.url.startswith(page_server.url):
-                    return route.continue_()
-                outside.append(route.request.url)
-                return route.abort()
-            page.route("**/*", only_local)
+            _only_local(page, page_server.url, outside)
             page.goto(page_server.url + "/docs")
             for path in ("/v1/predict", "/v1/embed", "/v1/taxa", "/v1/models"):
                 expect(page.locator(".opblock-summary-path", has_text=path).first).to_be_visible(timeout=30_000)
