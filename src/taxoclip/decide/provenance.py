@@ -51,14 +51,6 @@ def _vocabulary_name(name: str) -> str:
     return (named or f"{path.parent.name}/{path.name}") + (f"[{subset}" if subset else "")
 
 
-def file_hash(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def run_record(**parts) -> dict:
     """The common fields (version, command line, time) plus whatever the run adds."""
     from .. import __version__

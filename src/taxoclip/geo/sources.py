@@ -17,7 +17,6 @@ geofence, the one answer that overrides presence found elsewhere.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
+from ..cache import file_sha256
 from ..errors import InputError
 from .names import lineage_keys, norm
 
@@ -65,14 +65,6 @@ class Where:
             if res == resolution:
                 return cells
         return frozenset()
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ----- geofence ------------------------------------------------------------------------------
