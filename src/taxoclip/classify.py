@@ -32,7 +32,7 @@ from .textbank import RANK_COLUMNS, TextBank, read_subset_csv
 
 __all__ = [
     "Prediction", "TreeOfLifeClassifier", "CustomLabelsClassifier", "CustomLabelsBinningClassifier",
-    "ImageEmbedder", "embed_images", "prediction_columns", "COMPILE_MIN_IMAGES",
+    "ImageEmbedder", "embed_images", "prediction_columns", "batch_predictions", "COMPILE_MIN_IMAGES",
 ]
 
 log = logging.getLogger(__name__)
@@ -135,13 +135,21 @@ class _Base:
 
     def _iter(self, images, batch_size, progress, callback, rows_for) -> Iterator[Prediction]:
         for refs, feats, ok, errors in self._features(images, batch_size, progress, callback):
-            results = rows_for(feats) if feats is not None else []
-            per_ok = dict(zip(ok, results))
-            for i, ref in enumerate(refs):
-                if i in errors:
-                    yield Prediction(ref.name, error=errors[i])
-                else:
-                    yield Prediction(ref.name, [{FILE_NAME: ref.name, **row} for row in per_ok[i]])
+            yield from batch_predictions(refs, feats, ok, errors, rows_for)
+
+
+def batch_predictions(refs: Sequence[ImageRef], feats: torch.Tensor | None, ok: Sequence[int], errors: Mapping[int, str],
+                      rows_for: Callable[[torch.Tensor], list[list[dict]]]) -> Iterator[Prediction]:
+    """One batch's Predictions in input order: the readable images' rows from `rows_for(feats)`
+    (a classifier's `scorer`), an error Prediction for each of the others. Engines that run the
+    image tower themselves (`taxoclip.scale`) call this, so their rows are the classifier's."""
+    results = rows_for(feats) if feats is not None else []
+    per_ok = dict(zip(ok, results))
+    for i, ref in enumerate(refs):
+        if i in errors:
+            yield Prediction(ref.name, error=errors[i])
+        else:
+            yield Prediction(ref.name, [{FILE_NAME: ref.name, **row} for row in per_ok[i]])
 
 
 def _rows(pred_iter: Iterator[Prediction]) -> list[dict]:
@@ -371,7 +379,11 @@ def _image_loader(refs: Sequence[ImageRef], preprocess, device: torch.device, dt
     """The loader for a model on `device` in `dtype`: batch size and decoding workers suit the device;
     JPEG draft decoding belongs to the reduced-precision path (fp32 stays faithful to pybioclip), or
     to models whose card asks for it (small inputs, where full-size decoding would dominate)."""
-    draft = card.draft_decode if card is not None and card.draft_decode is not None else dtype != torch.float32
     return ImageLoader(refs, preprocess, batch_size=batch_size or _batch_size(card, device),
                        workers=default_workers(accelerator=device.type != "cpu") if workers is None else workers,
-                       draft=draft)
+                       draft=draft_decoding(card, dtype))
+
+
+def draft_decoding(card, dtype: torch.dtype) -> bool:
+    """Whether JPEGs are decoded at reduced size (`ImageLoader(draft=…)`) for this model."""
+    return card.draft_decode if card is not None and card.draft_decode is not None else dtype != torch.float32

@@ -15,7 +15,7 @@ from .. import __version__
 from ..errors import TaxoclipError
 
 # Sub-command modules, in the order `--help` lists them.
-COMMANDS = ["predict", "decide", "calibrate", "camtrap", "embed", "serve", "eval", "analyze", "prototypes", "index",
+COMMANDS = ["predict", "decide", "calibrate", "camtrap", "embed", "merge", "serve", "eval", "analyze", "prototypes", "index",
             "list_models", "list_taxa", "data", "train", "geo"]
 
 

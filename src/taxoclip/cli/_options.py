@@ -97,3 +97,73 @@ def add_decision_options(p: argparse.ArgumentParser, *, predict: bool) -> None:
 def wants_decisions(args: argparse.Namespace) -> bool:
     return bool(args.decide or args.scores or args.threshold or args.taxon_thresholds or args.prior or args.events
                 or args.context or args.events_output)
+
+
+def add_engine_options(p: argparse.ArgumentParser, *, parts: bool = True) -> None:
+    """`--engine local|ray` and the Ray cluster's options (predict, embed, data build)."""
+    g = p.add_argument_group("engine (long runs)" if parts else "engine")
+    g.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local (default): this machine; ray: a Ray cluster (--address), or a private Ray instance "
+                        "on this machine's loopback when no address is given")
+    g.add_argument("--address", help="Ray cluster address (e.g. 10.0.0.5:6379, or 'auto' for the one `ray start` "
+                                     "began here); implies --engine ray")
+    g.add_argument("--num-workers", type=positive_int, help="Ray: model actors (default: one per GPU, else 1)" if parts
+                   else "Ray: worker actors (default: one per CPU of the cluster)")
+    if parts:
+        g.add_argument("--gpus-per-worker", type=float, default=0, help="Ray: GPUs per model actor (default 0: CPU)")
+        g.add_argument("--part-size", type=positive_int, default=None,
+                       help="photos per resumable part with --output DIR/ (default 10000)")
+
+
+def wants_engine(args: argparse.Namespace) -> bool:
+    """Whether the run goes through `taxoclip.scale` (resumable parts, or Ray)."""
+    from ..scale.parts import is_part_dir_target
+
+    return args.engine == "ray" or bool(args.address) or is_part_dir_target(getattr(args, "output", None))
+
+
+def confine_private_ray(args: argparse.Namespace) -> int | None:
+    """A private Ray instance must stay on loopback: re-run this command under the guard
+    (`scale.loopback`) unless it already is, or a cluster address was given. Returns the
+    exit status of that re-run, or None to go on here."""
+    import sys
+
+    from ..scale.loopback import is_confined, run_confined
+
+    if args.address or not (args.engine == "ray") or is_confined():
+        return None
+    return run_confined(sys.argv[1:])
+
+
+def run_with_engine(args: argparse.Namespace, task, command: str) -> int:
+    """predict/embed through `taxoclip.scale`: parts in `--output DIR/`, or in `OUT.parts/`
+    merged into `--output OUT` at the end (so a file output is resumable too)."""
+    import shutil
+    import sys
+
+    from ..errors import InputError
+    from ..scale import DEFAULT_PART_SIZE, merge, run
+    from ..scale.parts import is_part_dir_target
+
+    if args.address:
+        args.engine = "ray"
+    status = confine_private_ray(args)
+    if status is not None:
+        return status
+    output = args.output
+    if output in (None, "-", "stdout"):
+        raise InputError("--engine ray writes resumable parts: give --output DIR/ (or a file, e.g. -o out.csv)")
+    into_file = not is_part_dir_target(output)
+    folder = f"{output}.parts/" if into_file else output
+    report = run(task, args.image_file, folder, engine=args.engine, part_size=args.part_size or DEFAULT_PART_SIZE,
+                 device=args.device, batch_size=args.batch_size, workers=args.workers, address=args.address,
+                 num_workers=args.num_workers, gpus_per_worker=args.gpus_per_worker, progress=None)
+    for p in report.problems:
+        print(f"taxoclip {command}: {p}", file=sys.stderr)
+    for name, err in report.first_errors:
+        print(f"taxoclip {command}: {name}: {err}", file=sys.stderr)
+    print(f"taxoclip {command}: {report.summary()}", file=sys.stderr)
+    if into_file:
+        merge(folder, output, args.format)
+        shutil.rmtree(folder)
+    return 1 if report.errors or report.problems else 0

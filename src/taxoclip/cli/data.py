@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._options import add_engine_options
+
 
 def _positive(text: str) -> int:
     value = int(text)
@@ -79,6 +81,7 @@ def register(sub) -> None:
                            "test server); by default an archive's URLs may only lead to public addresses")
     run_.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                       help="show a progress bar (default: when stderr is a terminal)")
+    add_engine_options(b, parts=False)
     b.set_defaults(func=run, data_func=_build)
 
     s = cmds.add_parser("stats", help="counts per split, kingdom, rank and source; images-per-taxon histogram")
@@ -119,7 +122,22 @@ def _build(args: argparse.Namespace) -> int:
         fetch["allow_private_addresses"] = True
     options = BuildOptions(workers=args.workers, checkpoint_every=args.checkpoint_every, progress=args.progress,
                            overwrite=args.overwrite, fetch=fetch)
-    stats = build(args.inputs, args.out, exclude=args.exclude, config=config, options=options)
+    if args.engine == "ray" or args.address:
+        from ._options import confine_private_ray
+        from ..scale.ray_engine import RayOrderedMap, ray_session
+
+        args.engine = "ray"
+        status = confine_private_ray(args)
+        if status is not None:
+            return status
+        with ray_session(args.address):
+            import ray
+
+            options.mapper = RayOrderedMap
+            options.workers = args.num_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+            stats = build(args.inputs, args.out, exclude=args.exclude, config=config, options=options)
+    else:
+        stats = build(args.inputs, args.out, exclude=args.exclude, config=config, options=options)
     counts = stats.get("build", {}).get("counts", {})
     print(f"{args.out}: {counts.get('written', stats.get('images', 0))} images written in {stats.get('shards', 0)} "
           f"shards; {counts.get('errors', 0)} errors, {counts.get('removed', 0)} removed, "

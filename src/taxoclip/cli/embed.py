@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._options import add_model_options, add_run_options, start_loader
+from ._options import add_engine_options, add_model_options, add_run_options, run_with_engine, start_loader, wants_engine
 
 
 def register(sub) -> None:
@@ -16,6 +16,7 @@ def register(sub) -> None:
     p.add_argument("--normalize", action="store_true", help="L2-normalise the vectors (pybioclip does not)")
     add_model_options(p)
     add_run_options(p)
+    add_engine_options(p)
     p.set_defaults(func=run)
 
 
@@ -23,6 +24,12 @@ def run(args: argparse.Namespace) -> int:
     from .. import classify
     from ..io.writers import format_for, open_writer
 
+    if wants_engine(args):
+        from ..scale import EmbedTask
+
+        task = EmbedTask(model=args.model, pretrained=args.pretrained, precision=args.precision,
+                         normalize=args.normalize)
+        return run_with_engine(args, task, "embed")
     loader, problems = start_loader(args, "embed")
     if loader is None:
         return 2

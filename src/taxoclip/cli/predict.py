@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._options import (RANK_NAMES, add_decision_options, add_model_options, add_run_options, positive_int,
-                       start_loader, wants_decisions)
+from ._options import (RANK_NAMES, add_decision_options, add_engine_options, add_model_options, add_run_options,
+                       positive_int, run_with_engine, start_loader, wants_decisions, wants_engine)
 
 
 def register(sub) -> None:
@@ -32,6 +32,7 @@ def register(sub) -> None:
     add_model_options(p)
     add_run_options(p)
     add_decision_options(p, predict=True)
+    add_engine_options(p)
     p.set_defaults(func=run)
 
 
@@ -73,6 +74,18 @@ def run(args: argparse.Namespace) -> int:
     if custom and (args.rank or args.subset or args.vocabulary or args.taxa):
         raise InputError("--cls/--bins choose custom labels; they cannot be combined with --rank, --subset, "
                          "--vocabulary or --taxa")
+    if wants_engine(args):
+        if deciding:
+            raise InputError("decisions (--decide, --scores, --prior …) are not made by --engine ray or --output DIR/ "
+                             "runs yet; run them with the local engine and a file output")
+        from ..scale import PredictTask
+
+        labels = tuple(_classes(args.cls)) if args.cls else ()
+        bins = tuple(_bins(args.bins).items()) if args.bins else ()
+        task = PredictTask(model=args.model, pretrained=args.pretrained, precision=args.precision,
+                           rank=args.rank or "species", k=args.k, min_prob=args.min_prob, subset=args.subset,
+                           vocabulary=args.vocabulary, taxa=args.taxa, labels=labels, bins=bins)
+        return run_with_engine(args, task, "predict")
     loader, problems = start_loader(args, "predict")
     if loader is None:
         return 2

@@ -31,7 +31,7 @@ import tempfile
 import uuid as uuidlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from ..errors import InputError, TaxoclipError
 from ..taxonomy import captions
@@ -93,6 +93,9 @@ class BuildOptions:
     progress: bool | None = None  # None: a bar when stderr is a terminal
     overwrite: bool = False
     fetch: dict = field(default_factory=dict)  # keyword arguments of `fetch.fetch_all`
+    # How worker batches are mapped: `parallel.ordered_map` (processes here) or an engine's
+    # equivalent with the same signature (`scale.ray_engine.RayOrderedMap`: Ray actors).
+    mapper: Callable = ordered_map
 
 
 def sample_uuid(data_source: str, source_id: str, md5: str) -> str:
@@ -260,7 +263,8 @@ class _Builder:
             with self._progress(desc="fingerprinting --exclude images") as bar:
                 exclusion = build_exclusion(self.exclude, self.work.sub("exclude"),
                                             threshold=config.exclude_threshold, min_quality=config.min_pdq_quality,
-                                            workers=self.workers, source_options=self.source_options, progress=bar)
+                                            workers=self.workers, source_options=self.source_options, progress=bar,
+                                            mapper=self.options.mapper)
         self.exclusion = exclusion
         backbones = [load_backbone(b) for b in config.backbones]
         self.aligner = Aligner(backbones, keep_partial=config.keep_partial)
@@ -269,7 +273,7 @@ class _Builder:
                    for name, state in self.stream_states.items()}
         pending: dict[int, tuple[Record, _Outcome | None]] = {}
         since = 0
-        with ordered_map(process_batch, workers=self.workers, initializer=init_worker,
+        with self.options.mapper(process_batch, workers=self.workers, initializer=init_worker,
                          initargs=(config.image, thumbs, config.aligned)) as pool, \
                 self._progress(initial=self.cursor, desc="building") as bar:
             try:

@@ -52,11 +52,13 @@ def _jobs(records: Iterable[Record]) -> Iterable[tuple[Record, Job]]:
 
 
 def build_exclusion(paths: list[str], folder: Path, *, threshold: int, min_quality: int, workers: int,
-                    source_options: SourceOptions = SourceOptions(), progress=None) -> ExclusionSet:
-    """Fingerprint the evaluation inputs (or load the fingerprints a previous run made)."""
+                    source_options: SourceOptions = SourceOptions(), progress=None,
+                    mapper=ordered_map) -> ExclusionSet:
+    """Fingerprint the evaluation inputs (or load the fingerprints a previous run made);
+    `mapper` runs the worker batches (see `BuildOptions.mapper`)."""
     done = folder / "DONE"
     if not done.exists():
-        _fingerprint(paths, folder, workers, source_options, progress)
+        _fingerprint(paths, folder, workers, source_options, progress, mapper)
     ex = ExclusionSet(pdq=HammingIndex(threshold) if threshold else None, thumbs_dir=folder)
     with open(folder / "prints.jsonl", encoding="utf-8") as f:
         for line in f:
@@ -73,7 +75,8 @@ def build_exclusion(paths: list[str], folder: Path, *, threshold: int, min_quali
     return ex
 
 
-def _fingerprint(paths: list[str], folder: Path, workers: int, source_options: SourceOptions, progress) -> None:
+def _fingerprint(paths: list[str], folder: Path, workers: int, source_options: SourceOptions, progress,
+                 mapper=ordered_map) -> None:
     from ..durable import write_atomic
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -91,7 +94,7 @@ def _fingerprint(paths: list[str], folder: Path, workers: int, source_options: S
     origins: list[str] = []
     with open(folder / "prints.jsonl", "w", encoding="utf-8") as prints, \
             open(folder / "retrieval.f32", "wb") as retrieval, open(folder / "stored.u8", "wb") as stored, \
-            ordered_map(fingerprint_batch, workers=workers) as pool:
+            mapper(fingerprint_batch, workers=workers) as pool:
         for results in pool(batches()):
             for p in results:
                 origin = origins[p.seq]

@@ -14,7 +14,7 @@ from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Callable, Iterable, Iterator, TypeVar
 
-__all__ = ["ordered_map", "default_workers"]
+__all__ = ["ordered_map", "default_workers", "die_with_parent"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -29,9 +29,10 @@ def _noop() -> None:
     return None
 
 
-def _die_with_parent(parent: int, initializer: Callable | None, *initargs) -> None:
-    """Worker start: exit when the parent dies (a killed build would otherwise leave its workers
-    waiting forever on a queue no one writes to), then the caller's initializer."""
+def die_with_parent(parent: int | None = None) -> None:
+    """Have Linux send this process SIGTERM when its parent dies (a killed run would otherwise leave
+    its workers waiting forever, adopted by init); exit now if `parent` is gone already. Usable
+    as a `subprocess` `preexec_fn`."""
     if sys.platform.startswith("linux"):
         import ctypes
         import signal
@@ -40,8 +41,13 @@ def _die_with_parent(parent: int, initializer: Callable | None, *initargs) -> No
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
         except (OSError, AttributeError):
             pass
-        if os.getppid() != parent:  # the parent died before the call
+        if parent is not None and os.getppid() != parent:  # the parent died before the call
             os._exit(1)
+
+
+def _die_with_parent(parent: int, initializer: Callable | None, *initargs) -> None:
+    """Worker start: exit when the parent dies, then the caller's initializer."""
+    die_with_parent(parent)
     if initializer is not None:
         initializer(*initargs)
 

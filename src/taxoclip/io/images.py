@@ -20,7 +20,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import InputError
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageRef", "decode_image", "find_images", "ImageLoader", "Batch"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageRef", "decode_image", "find_images", "ImageLoader", "Batch", "load_batch"]
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif",
                               ".jfif", ".ppm", ".pgm", ".pbm", ".pnm"})
@@ -278,6 +278,15 @@ def _collate(items):
     ok = [(i, x) for i, x, _ in items if x is not None]
     pixels = torch.stack([x for _, x in ok]) if ok else torch.empty(0)
     return [i for i, _ in ok], pixels, {i: err for i, _, err in items if err is not None}
+
+
+def load_batch(refs: Sequence[ImageRef], preprocess, *, draft: bool = True) -> Batch:
+    """Decode and preprocess `refs` here, in this process: what one `ImageLoader` worker does
+    for one batch (engines that schedule decoding themselves, e.g. on Ray, call this)."""
+    refs = list(refs)
+    dataset = _Decoded(refs, preprocess, draft)
+    ok, pixels, errors = _collate([dataset[i] for i in range(len(refs))])
+    return Batch(refs, pixels, ok, errors)
 
 
 def _worker_init(_):

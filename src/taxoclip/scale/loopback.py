@@ -1,0 +1,83 @@
+"""Keeping a private local Ray instance on this machine's loopback interface.
+
+Ray binds its servers (GCS, raylets, every worker) to all interfaces and resolves a
+`--node-ip-address` of 127.0.0.1 to the machine's network address; it has no setting that
+keeps a single-machine instance private. taxoclip therefore runs such an instance, and the
+driver process, with a tiny `bind()` wrapper (`loopback.c`, built once with the system C
+compiler into the cache) preloaded, and tells Ray its node address is 127.0.0.1. A cluster
+you start yourself (`--address`) keeps the network settings you gave it.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+
+from ..errors import TaxoclipError
+
+__all__ = ["guard_library", "confined_environment", "is_confined", "run_confined"]
+
+_MARK = "TAXOCLIP_RAY_LOOPBACK"
+
+
+def guard_library() -> Path:
+    """The compiled bind() wrapper, built on first use (needs a C compiler: cc, gcc or clang)."""
+    from ..cache import cache_entry
+
+    source = resources.files("taxoclip.scale").joinpath("loopback.c").read_bytes()
+    key = hashlib.sha256(source + sys.platform.encode()).hexdigest()[:16]
+    with cache_entry("loopback", key) as (final, tmp):
+        if tmp is not None:
+            compiler = next((c for c in (os.environ.get("CC"), "cc", "gcc", "clang") if c and shutil.which(c)), None)
+            if compiler is None:
+                raise TaxoclipError("a private local Ray instance needs a C compiler (cc, gcc or clang) to keep it "
+                                    "on 127.0.0.1; install one, or give --address of a Ray cluster you started")
+            (tmp / "loopback.c").write_bytes(source)
+            done = subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-o", str(tmp / "libloopback.so"),
+                                   str(tmp / "loopback.c"), "-ldl"], capture_output=True, text=True)
+            if done.returncode != 0:
+                raise TaxoclipError(f"cannot build the loopback guard for a private Ray instance with {compiler}: "
+                                    f"{done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
+    return final / "libloopback.so"
+
+
+def confined_environment(env: dict | None = None) -> dict:
+    """`env` (default: this process's) with the guard preloaded and Ray told to stay on 127.0.0.1."""
+    env = dict(os.environ if env is None else env)
+    lib = str(guard_library())
+    preload = [p for p in env.get("LD_PRELOAD", "").split(":") if p]
+    env["LD_PRELOAD"] = ":".join([lib] + [p for p in preload if p != lib])
+    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # Ray's single-machine mode: node address = localhost
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    env["RAY_enable_pipe_based_agent_to_parent_health_check"] = "1"  # agents exit with their raylet at once
+    env[_MARK] = lib
+    return env
+
+
+def is_confined() -> bool:
+    """Whether this process runs with the guard loaded (so Ray started here stays on loopback)."""
+    lib = os.environ.get(_MARK)
+    if not lib or lib not in os.environ.get("LD_PRELOAD", ""):
+        return False
+    try:
+        with open("/proc/self/maps") as f:
+            return lib in f.read()
+    except OSError:
+        return False
+
+
+def run_confined(argv: list[str]) -> int:
+    """Run `python -m taxoclip ARGV` with the guard loaded; it dies with this process."""
+    from ..data.parallel import die_with_parent
+
+    proc = subprocess.Popen([sys.executable, "-m", "taxoclip", *argv], env=confined_environment(),
+                            preexec_fn=die_with_parent)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        return proc.wait()

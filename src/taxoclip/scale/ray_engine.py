@@ -1,0 +1,227 @@
+"""The Ray engine: the same parts as the local engine, computed on a Ray cluster.
+
+    inputs of the unfinished parts ─ Ray Data ─> decode + preprocess (CPU tasks, any node)
+        ─> model (an actor pool: one model per actor, a GPU each when asked) ─> rows, in input order
+        ─> the driver commits each part as it completes (`local.commit_in_parts`)
+
+Decoding and the model run the code of the single-machine path (`io.images.load_batch`,
+`Task.open().rows`), so the answers are the local engine's. Ray retries a failed decode task
+and restarts a dead actor, whose batches run again; a photo that cannot be read is an error
+row, as locally. The vocabulary is opened by each actor from the converted cache, a
+memory-mapped file, so actors on one machine share one copy in the page cache.
+
+`ray_session` connects to a cluster (`address`) or starts a private single-machine instance
+(loopback only, capped object store) and stops it afterwards; `RayOrderedMap` gives the data
+builder Ray actors in place of its process pool.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections import deque
+from typing import Callable, Iterable, Iterator
+
+from ..errors import TaxoclipError
+from ..io.images import Batch, ImageRef
+from .local import commit_in_parts
+from .parts import PartDir
+from .report import RunReport
+
+__all__ = ["run_ray", "ray_session", "RayOrderedMap", "DEFAULT_OBJECT_STORE"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OBJECT_STORE = 512 << 20  # a private instance's object store: enough for ~4,000 photos in flight
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None,
+                object_store_memory: int | None = None) -> Iterator[None]:
+    """Ray for the length of a run: the cluster at `address`, or a private local instance (on
+    127.0.0.1 when this process runs under the loopback guard, see `loopback`)."""
+    try:
+        import ray
+    except ImportError:
+        raise TaxoclipError("the Ray engine needs Ray: pip install 'taxoclip[scale]'") from None
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if ray.is_initialized():  # the caller's own session
+        yield
+        return
+    kwargs = dict(log_to_driver=False, configure_logging=False)
+    if not log.isEnabledFor(logging.INFO):  # Ray's start-up notices are not the user's business
+        logging.getLogger("ray").setLevel(logging.ERROR)
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        from .loopback import is_confined
+
+        if not is_confined():
+            log.warning("starting a local Ray instance without the loopback guard: it listens on every interface")
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+                 object_store_memory=object_store_memory or DEFAULT_OBJECT_STORE,
+                 _node_ip_address="127.0.0.1" if is_confined() else None, **kwargs)
+    try:
+        _quiet_ray_data()
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _quiet_ray_data() -> None:
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    ctx.enable_progress_bars = False  # ours counts photos; Ray's would count blocks
+    ctx.print_on_execution_start = False
+    ctx.execution_options.preserve_order = True  # parts are slices of the input order
+
+
+# ----- predict / embed -----------------------------------------------------------------------
+def run_ray(parts: PartDir, *, num_workers: int | None = None, gpus_per_worker: float = 0,
+            batch_size: int | None = None, progress: bool | None = None) -> RunReport:
+    """Compute the unfinished parts on the Ray cluster of the current `ray_session`."""
+    import pyarrow as pa
+    import ray
+    import ray.data
+
+    report = RunReport.start(parts)
+    pending = parts.pending()
+    if not pending:
+        return report
+    task = parts.task
+    device = "cuda" if gpus_per_worker else "cpu"
+    workers = num_workers or max(1, int(ray.cluster_resources().get("GPU", 0) // gpus_per_worker)
+                                 if gpus_per_worker else 1)
+    batch_size = batch_size or _default_batch_size(task, device)
+    preprocess, draft = task.preprocess(), _draft(task, device)
+    refs = [r for i in pending for r in parts.part_refs(i)]
+    table = pa.table({"index": list(range(len(refs))), "name": [r.name for r in refs],
+                      "path": [r.path for r in refs], "offset": [r.offset for r in refs],
+                      "size": [r.size for r in refs]})
+    ds = (ray.data.from_arrow(table)
+          .map_batches(_decode, fn_kwargs={"preprocess": preprocess, "draft": draft}, batch_size=batch_size,
+                       batch_format="pyarrow", num_cpus=1)
+          .map_batches(_ModelWorker, fn_constructor_kwargs={"task": task.as_dict(), "device": device,
+                                                              "batch_size": batch_size},
+                       batch_size=batch_size, batch_format="numpy",
+                       compute=ray.data.ActorPoolStrategy(size=workers),
+                       num_gpus=gpus_per_worker or None, num_cpus=0 if gpus_per_worker else 1))
+
+    def results() -> Iterator[tuple[ImageRef, list[dict]]]:
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for i, rows in zip(batch["index"], batch["rows"]):
+                yield refs[int(i)], json.loads(rows)
+
+    commit_in_parts(parts, pending, results(), report, progress)
+    return report
+
+
+def _default_batch_size(task, device: str) -> int:
+    from ..classify import _batch_size
+    from ..models import resolve
+    import torch
+
+    return _batch_size(resolve(task.model, task.pretrained).card, torch.device(device))
+
+
+def _draft(task, device: str) -> bool:
+    from ..classify import draft_decoding
+    from ..models import resolve, resolve_precision
+
+    return draft_decoding(resolve(task.model, task.pretrained).card, resolve_precision(task.precision, device))
+
+
+def _decode(table, *, preprocess, draft: bool) -> dict:
+    """Ray Data stage: inputs -> preprocessed pixels (zeros and an error for unreadable photos)."""
+    import numpy as np
+
+    from ..io.images import load_batch
+
+    cols = {c: table.column(c).to_pylist() for c in ("index", "name", "path", "offset", "size")}
+    refs = [ImageRef(n, path=p, offset=o, size=s) for n, p, o, s in
+            zip(cols["name"], cols["path"], cols["offset"], cols["size"])]
+    batch = load_batch(refs, preprocess, draft=draft)
+    pixels = np.zeros((len(refs), 3, preprocess.size, preprocess.size), dtype=np.float32)
+    if batch.ok:
+        pixels[batch.ok] = batch.pixels.numpy()
+    return {"index": np.asarray(cols["index"], dtype=np.int64), "name": np.asarray(cols["name"], dtype=object),
+            "pixels": pixels, "error": np.asarray([batch.errors.get(i, "") for i in range(len(refs))], dtype=object)}
+
+
+class _ModelWorker:
+    """Ray Data actor: one loaded model; decoded batch -> each photo's rows (as JSON)."""
+
+    def __init__(self, task: dict, device: str, batch_size: int):
+        import torch
+
+        from .tasks import task_from_dict
+
+        if device == "cpu":  # Ray gives workers one thread; the model wants every core, as locally
+            torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                      else (os.cpu_count() or 1)))
+        self.runner = task_from_dict(task).open(device, batch_size)
+
+    def __call__(self, batch: dict) -> dict:
+        import numpy as np
+        import torch
+
+        errors = {i: e for i, e in enumerate(batch["error"]) if e}
+        ok = [i for i in range(len(batch["index"])) if i not in errors]
+        refs = [ImageRef(str(n)) for n in batch["name"]]
+        pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][ok]))
+        rows = self.runner.rows(Batch(refs, pixels, ok, errors))
+        return {"index": batch["index"], "rows": np.asarray([json.dumps(r) for r in rows], dtype=object)}
+
+
+# ----- the data builder's map ----------------------------------------------------------------
+class _MapActor:
+    def __init__(self, fn: Callable, initializer: Callable | None, initargs: tuple):
+        if initializer is not None:
+            initializer(*initargs)
+        self.fn = fn
+
+    def run(self, batch):
+        return self.fn(batch)
+
+
+class RayOrderedMap:
+    """`data.parallel.ordered_map` on Ray actors: `fn(batch)` for each batch, results in input
+    order, at most `window` batches in flight; a dead actor is restarted and its batch re-run.
+    The builder keeps every decision (duplicates, leaks, splits, shards) in its own process, so
+    its output is the local engine's whatever the cluster."""
+
+    def __init__(self, fn: Callable, *, workers: int, initializer: Callable | None = None, initargs: tuple = (),
+                 window: int | None = None):
+        import ray
+
+        n = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        actor = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=-1)(_MapActor)
+        self.actors = [actor.remote(fn, initializer, initargs) for _ in range(n)]
+        self.window = window or 4 * n
+
+    def __call__(self, batches: Iterable) -> Iterator:
+        import ray
+
+        pending: deque = deque()
+        for k, batch in enumerate(batches):
+            pending.append(self.actors[k % len(self.actors)].run.remote(batch))
+            if len(pending) >= self.window:
+                yield ray.get(pending.popleft())
+        while pending:
+            yield ray.get(pending.popleft())
+
+    def close(self) -> None:
+        import ray
+
+        for a in self.actors:
+            ray.kill(a)
+        self.actors = []
+
+    def __enter__(self) -> "RayOrderedMap":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
