@@ -120,12 +120,15 @@ class PartDir:
         with atomic_file(self.part_path(i)) as fh:
             pq.write_table(table, fh)
 
-    def rows(self) -> Iterator[list[dict]]:
-        """Each part's rows in input order (all parts must be done)."""
+    def check_done(self) -> None:
         missing = self.pending()
         if missing:
             raise InputError(f"{self.path}: {len(missing)} of {self.n_parts} parts are not done (first: part "
                              f"{missing[0]}); re-run the command that made it to finish them")
+
+    def rows(self) -> Iterator[list[dict]]:
+        """Each part's rows in input order (all parts must be done)."""
+        self.check_done()
         for i in range(self.n_parts):
             yield pq.read_table(self.part_path(i)).to_pylist()
 
@@ -135,6 +138,7 @@ def merge(path: str | os.PathLike, output: str | None, fmt: str | None = None) -
     from ..io.writers import format_for, open_writer
 
     parts = PartDir.load(path)
+    parts.check_done()  # before the output is opened: an unfinished run leaves no partial file
     default = "json" if parts.task.kind == "embed" else "csv"
     fmt = format_for(output, fmt, default=default)
     extra = {"header": {"model": parts.task.model}} if fmt == "json" else {}

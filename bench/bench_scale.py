@@ -1,0 +1,97 @@
+"""The same prediction on the local engine and on the Ray engine, one after the other: throughput
+and the Ray engine's overhead on one machine; their answers are compared too.
+
+    python bench/bench_scale.py [--n 2000] [--model taxoclip-mini] [--repeat 1] [--keep DIR]
+
+Photos: the first N of bio-mini's sets, extracted once into a folder. Each engine runs as a
+user runs it, `taxoclip predict FOLDER --output DIR/` (local) and `... --engine ray` (a private
+Ray instance on loopback, started and stopped by the command), in a child process; the time is
+the whole command, start-up included. Ray's start-up alone is measured as well (an empty run).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+BIO_MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "bio-mini"
+
+
+def photos(folder: Path, n: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    if len(list(folder.glob("*.jpg"))) >= n:
+        return folder
+    k = 0
+    for shard in sorted(BIO_MINI.glob("*/test-*.tar")) + sorted(BIO_MINI.glob("*/val-*.tar")):
+        with tarfile.open(shard) as tar:
+            for m in tar:
+                if k < n and m.name.endswith(".jpg"):
+                    (folder / f"{k:05d}.jpg").write_bytes(tar.extractfile(m).read())
+                    k += 1
+        if k >= n:
+            break
+    if k < n:
+        sys.exit(f"bio-mini holds only {k} test/val photos here (need {n}); is ../shared/data/bio-mini present?")
+    return folder
+
+
+def timed(cmd: list[str]) -> float:
+    t = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--model", default="taxoclip-mini")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per engine (the best is reported)")
+    ap.add_argument("--keep", help="folder for the photos and outputs (default: a temporary one)")
+    args = ap.parse_args()
+    root = Path(args.keep or tempfile.mkdtemp(prefix="bench-scale-"))
+    folder = photos(root / "photos", args.n)
+    base = [sys.executable, "-m", "taxoclip", "predict", str(folder), "--model", args.model, "--k", "3"]
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    print(f"{args.n} photos, model {args.model}, {os.cpu_count()} cores of {cpu}")
+
+    times = {"local": [], "ray": []}
+    for r in range(args.repeat):
+        for engine in ("local", "ray"):
+            out = root / f"{engine}-{r}"
+            subprocess.run(["rm", "-rf", str(out)])
+            times[engine].append(timed(base + ["--engine", engine, "-o", f"{out}/"]))
+            print(f"  {engine:5s} run {r + 1}: {times[engine][-1]:6.1f} s  ({args.n / times[engine][-1]:6.1f} photos/s)")
+    one = root / "one.jpg"
+    one.write_bytes(next(folder.glob("*.jpg")).read_bytes())
+    subprocess.run(["rm", "-rf", str(root / "startup")])
+    startup = timed([sys.executable, "-m", "taxoclip", "predict", str(one), "--model", args.model, "--engine", "ray",
+                     "-o", f"{root / 'startup'}/"])
+
+    best = {e: min(t) for e, t in times.items()}
+    local_rate, ray_rate = args.n / best["local"], args.n / best["ray"]
+    print(f"local engine: {local_rate:.1f} photos/s   ray engine: {ray_rate:.1f} photos/s   "
+          f"ratio ray/local {ray_rate / local_rate:.2f} (overhead {100 * (1 - ray_rate / local_rate):.0f} %)")
+    print(f"a one-photo Ray run takes {startup:.1f} s (instance start and stop, model load)")
+
+    def merged(engine: str) -> pd.DataFrame:
+        subprocess.run([sys.executable, "-m", "taxoclip", "merge", str(root / f"{engine}-0"), "-o",
+                        str(root / f"{engine}.csv")], check=True, capture_output=True)
+        return pd.read_csv(root / f"{engine}.csv", keep_default_na=False)
+
+    a, b = merged("local"), merged("ray")
+    same = a.drop(columns="score").equals(b.drop(columns="score"))
+    print(f"answers: {'identical taxa and order' if same else 'DIFFERENT'}; "
+          f"largest score difference {(a.score - b.score).abs().max():.2e}")
+
+
+if __name__ == "__main__":
+    main()

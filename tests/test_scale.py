@@ -1,0 +1,319 @@
+"""Runs that outgrow one machine (taxoclip.scale): resumable parts, the Ray engine, the merge.
+
+What users rely on: a killed run finishes by re-running the same command without redoing
+finished parts; the Ray engine answers exactly as the local engine, for predict and for a data
+build; a private Ray instance listens on loopback only and is gone when the run ends.
+Ray runs go through the CLI in a subprocess, as a user starts them (the private instance and
+its driver run under the loopback guard, which needs a C compiler).
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from taxoclip.cli import main
+
+BIOCLIP = ("--model", "bioclip-2")  # tiny and random, from the offline hub of conftest
+
+
+def cli(args, capsys):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def parts_of(folder: Path) -> dict[str, tuple[int, int]]:
+    """Part file -> (inode, mtime): a part re-computed by a later run gets a new inode."""
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in sorted(folder.glob("part-*.parquet"))}
+
+
+@pytest.fixture(scope="module")
+def many_photos(tmp_path_factory) -> list[str]:
+    """Inputs for long runs: a folder of 1,000 real bio-mini photos when the corpus is here
+    (bees and fish test sets), else of 300 synthetic ones."""
+    import tarfile
+
+    from conftest import BIO_MINI
+
+    folder = tmp_path_factory.mktemp("many")
+    shards = sorted((BIO_MINI / "bees").glob("test-*.tar")) + sorted((BIO_MINI / "fish").glob("test-*.tar"))
+    n = 0
+    for shard in shards:
+        with tarfile.open(shard) as tar:
+            for m in tar:
+                if n < 1000 and m.name.endswith(".jpg"):
+                    (folder / f"{n:04d}-{os.path.basename(m.name)}").write_bytes(tar.extractfile(m).read())
+                    n += 1
+    if n < 1000:
+        from helpers import make_photos
+
+        shutil.rmtree(folder)
+        folder.mkdir()
+        make_photos(folder, n=400)
+    return [str(folder)]
+
+
+@pytest.fixture(scope="module")
+def some_photos(many_photos, tmp_path_factory) -> list[str]:
+    """200 of them: enough parts (of 10) to kill a run midway, few enough to run it twice quickly."""
+    folder = tmp_path_factory.mktemp("some")
+    for p in sorted(Path(many_photos[0]).iterdir())[:200]:
+        os.symlink(p, folder / p.name)
+    return [str(folder)]
+
+
+@pytest.fixture(scope="module")
+def reference(hf_cache, tmp_path_factory):
+    """The plain single-machine `predict` (k=3) of some inputs: what every engine must reproduce."""
+    made: dict = {}
+
+    def of(inputs: list[str]) -> pd.DataFrame:
+        if tuple(inputs) not in made:
+            out = tmp_path_factory.mktemp("reference") / "plain.csv"
+            env = {**os.environ, "HF_HUB_CACHE": str(hf_cache), "HF_HUB_OFFLINE": "1"}
+            subprocess.run(_taxoclip("predict", *inputs, *BIOCLIP, "--k", "3", "-o", out), check=True,
+                           capture_output=True, env=env)
+            made[tuple(inputs)] = pd.read_csv(out, keep_default_na=False)
+        return made[tuple(inputs)]
+    return of
+
+
+def same_answers(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    """Same photos, taxa and order; scores equal to float rounding (batches may differ in size)."""
+    pd.testing.assert_frame_equal(a.drop(columns="score"), b.drop(columns="score"))
+    assert b.score.to_numpy() == pytest.approx(a.score.to_numpy(), rel=1e-5, abs=1e-7)
+
+
+@pytest.fixture
+def private_ray():
+    """Skip unless a private Ray instance can run here (Ray, psutil, a C compiler for the guard)."""
+    pytest.importorskip("ray")
+    pytest.importorskip("psutil")
+    if not any(shutil.which(c) for c in ("cc", "gcc", "clang")):
+        pytest.skip("the loopback guard of a private Ray instance needs a C compiler")
+
+
+# ----- parts on the local engine ----------------------------------------------------------------
+def test_parts_output_equals_plain_output(offline_hub, photos, tmp_path, capsys):
+    plain = tmp_path / "plain.csv"
+    assert cli(["predict", *photos, *BIOCLIP, "--k", "3", "-o", plain, "--workers", "0"], capsys)[0] == 0
+    code, _, err = cli(["predict", *photos, *BIOCLIP, "--k", "3", "-o", f"{tmp_path}/run/", "--part-size", "4",
+                        "--workers", "0"], capsys)
+    assert code == 0, err
+    assert len(parts_of(tmp_path / "run")) == -(-len(photos) // 4)
+    code, _, _ = cli(["merge", tmp_path / "run", "-o", tmp_path / "merged.csv"], capsys)
+    assert code == 0
+    assert (tmp_path / "merged.csv").read_bytes() == plain.read_bytes()
+    # merge writes any result format
+    assert cli(["merge", tmp_path / "run", "-o", tmp_path / "merged.parquet"], capsys)[0] == 0
+    assert pd.read_parquet(tmp_path / "merged.parquet").file_name.tolist() == \
+        pd.read_csv(plain).file_name.tolist()
+
+
+def test_rerun_computes_only_missing_parts_and_refuses_other_options(offline_hub, photos, tmp_path, capsys):
+    run = ["predict", *photos, *BIOCLIP, "-o", f"{tmp_path}/run/", "--part-size", "2", "--workers", "0"]
+    assert cli(run, capsys)[0] == 0
+    before = parts_of(tmp_path / "run")
+    (tmp_path / "run" / "part-00001.parquet").unlink()  # as if the run had been killed before it
+    code, _, err = cli(run, capsys)
+    assert code == 0
+    after = parts_of(tmp_path / "run")
+    assert after.keys() == before.keys()
+    assert {n for n in after if after[n] != before[n]} == {"part-00001.parquet"}
+    assert "1 of 3 parts computed, 2 already done" in err
+
+    code, _, err = cli([*run, "--k", "2"], capsys)
+    assert code == 2 and "holds parts of another run" in err and "task.k" in err and len(err.splitlines()) == 1
+    code, _, err = cli(["predict", *photos[:-1], *BIOCLIP, "-o", f"{tmp_path}/run/", "--part-size", "2"], capsys)
+    assert code == 2 and "inputs" in err
+
+
+def test_merge_refuses_an_unfinished_run(offline_hub, photos, tmp_path, capsys):
+    assert cli(["predict", *photos, *BIOCLIP, "-o", f"{tmp_path}/run/", "--part-size", "2", "--workers", "0"],
+               capsys)[0] == 0
+    (tmp_path / "run" / "part-00002.parquet").unlink()
+    code, _, err = cli(["merge", tmp_path / "run", "-o", tmp_path / "m.csv"], capsys)
+    assert code == 2 and "1 of 3 parts are not done" in err
+    assert not (tmp_path / "m.csv").exists()
+
+
+def test_parts_refuse_a_folder_that_holds_something_else(offline_hub, photos, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    code, _, err = cli(["predict", *photos, *BIOCLIP, "-o", f"{tmp_path}/"], capsys)
+    assert code == 2 and "not an empty folder" in err
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_embed_parts_equal_plain_embed(tiny_model_dir, photos, tmp_path, capsys):
+    assert cli(["embed", *photos, "--model", tiny_model_dir, "-o", tmp_path / "plain.json"], capsys)[0] == 0
+    assert cli(["embed", *photos, "--model", tiny_model_dir, "-o", f"{tmp_path}/run/", "--part-size", "4"],
+               capsys)[0] == 0
+    assert cli(["merge", tmp_path / "run", "-o", tmp_path / "merged.json"], capsys)[0] == 0
+    plain = json.loads((tmp_path / "plain.json").read_text())
+    merged = json.loads((tmp_path / "merged.json").read_text())
+    assert merged["embeddings"].keys() == plain["embeddings"].keys()
+    for name, vec in plain["embeddings"].items():
+        assert merged["embeddings"][name] == pytest.approx(vec, abs=1e-6)
+
+
+def test_bad_photo_is_an_error_row_in_its_part(offline_hub, photos, tmp_path, capsys):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really")
+    code, _, err = cli(["predict", photos[0], bad, photos[1], *BIOCLIP, "-o", f"{tmp_path}/run/", "--part-size", "2"],
+                       capsys)
+    assert code == 1 and "broken.jpg" in err
+    assert cli(["merge", tmp_path / "run", "-o", tmp_path / "m.csv"], capsys)[0] == 0
+    df = pd.read_csv(tmp_path / "m.csv", keep_default_na=False)
+    assert df[df.file_name == str(bad)].error.str.len().gt(0).all()
+    assert (df[df.file_name != str(bad)].error == "").all()
+
+
+# ----- the Ray engine ----------------------------------------------------------------------------
+def _taxoclip(*args) -> list[str]:
+    return [sys.executable, "-m", "taxoclip", *map(str, args)]
+
+
+def _alive(p) -> bool:
+    import psutil
+
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+class Watched:
+    """A command in a subprocess; while it runs, every process below it and every socket those
+    processes listen on are recorded."""
+
+    def __init__(self, cmd: list[str], cwd: Path):
+        import psutil
+
+        self.err = open(cwd / f"stderr-{time.monotonic_ns()}.txt", "w+")
+        self.proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=self.err)
+        self.main = psutil.Process(self.proc.pid)
+        self.seen: dict[int, object] = {}
+        self.listening: set[tuple[str, str]] = set()
+
+    def poll(self) -> bool:
+        import psutil
+
+        try:
+            for p in self.main.children(recursive=True):
+                self.seen.setdefault(p.pid, p)
+        except psutil.NoSuchProcess:
+            pass
+        for p in [self.main, *self.seen.values()]:
+            try:
+                for c in p.net_connections(kind="inet"):
+                    if c.status == psutil.CONN_LISTEN:
+                        self.listening.add((c.laddr.ip, p.name()))
+            except psutil.Error:
+                pass
+        return self.proc.poll() is None
+
+    def wait(self, until=lambda: False, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while self.poll() and not until():
+            assert time.monotonic() < deadline, "the run did not finish in time"
+            time.sleep(0.05)
+
+    def stderr(self) -> str:
+        self.err.seek(0)
+        return self.err.read()
+
+    def survivors(self, within: float = 10.0) -> list:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            alive = [p for p in self.seen.values() if _alive(p)]
+            if not alive:
+                return []
+            time.sleep(0.2)
+        return [(p.pid, p.name()) for p in self.seen.values() if _alive(p)]
+
+
+def _loopback(ip: str) -> bool:
+    addr = ipaddress.ip_address(ip.split("%")[0])
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+        addr = addr.ipv4_mapped
+    return addr.is_loopback
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("offline_hub", "private_ray")
+def test_ray_engine_answers_as_the_local_engine_and_stays_on_loopback(many_photos, reference, tmp_path):
+    run = Watched(_taxoclip("predict", *many_photos, *BIOCLIP, "--k", "3", "--engine", "ray", "-o",
+                            tmp_path / "ray.csv"), tmp_path)
+    run.wait()
+    assert run.proc.returncode == 0, run.stderr()
+    assert {"raylet", "gcs_server"} <= {name for _, name in run.listening}, run.listening  # seen while it ran
+    assert all(_loopback(ip) for ip, _ in run.listening), sorted(run.listening)
+    assert run.survivors() == []  # the private instance is stopped at the end
+    same_answers(reference(many_photos), pd.read_csv(tmp_path / "ray.csv", keep_default_na=False))
+    assert not (tmp_path / "ray.csv.parts").exists()  # merged into the file, then removed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["local", "ray"])
+@pytest.mark.usefixtures("offline_hub")
+def test_sigkilled_run_finishes_without_redoing_parts(engine, some_photos, reference, tmp_path, request):
+    pytest.importorskip("psutil")
+    if engine == "ray":
+        request.getfixturevalue("private_ray")
+    out = tmp_path / "run"
+    cmd = _taxoclip("predict", *some_photos, *BIOCLIP, "--k", "3", "--engine", engine, "-o", f"{out}/",
+                    "--part-size", "10", "--batch-size", "2", "--workers", "1")
+    first = Watched(cmd, tmp_path)
+    first.wait(until=lambda: len(list(out.glob("part-*.parquet"))) >= 2)
+    assert first.proc.poll() is None, "the run ended before it could be killed midway"
+    first.poll()
+    os.kill(first.proc.pid, signal.SIGKILL)
+    first.proc.wait()
+    assert first.survivors() == []
+    done = parts_of(out)
+    n_parts = json.loads((out / "manifest.json").read_text())["parts"]
+    assert 2 <= len(done) < n_parts
+
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    after = parts_of(out)
+    assert len(after) == n_parts
+    assert all(after[name] == stamp for name, stamp in done.items())  # finished parts were not recomputed
+    assert f"{n_parts - len(done)} of {n_parts} parts computed, {len(done)} already done" in again.stderr
+
+    subprocess.run(_taxoclip("merge", out, "-o", tmp_path / "merged.csv"), check=True, capture_output=True)
+    same_answers(reference(some_photos), pd.read_csv(tmp_path / "merged.csv", keep_default_na=False))
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("private_ray")
+def test_ray_data_build_equals_local_build(bio_mini, tmp_path):
+    pytest.importorskip("pdqhash")
+    inputs = [bio_mini / "chile-birds", bio_mini / "worms"]
+    common = ["--split-from-source", "--shard-size", "100", "--min-side", "64"]
+    subprocess.run(_taxoclip("data", "build", *inputs, "--out", tmp_path / "local", *common), check=True,
+                   capture_output=True, cwd=tmp_path)
+    run = Watched(_taxoclip("data", "build", *inputs, "--out", tmp_path / "ray", *common, "--engine", "ray"), tmp_path)
+    run.wait()
+    assert run.proc.returncode == 0, run.stderr()
+    assert "raylet" in {name for _, name in run.listening}
+    assert all(_loopback(ip) for ip, _ in run.listening), sorted(run.listening)
+    assert run.survivors() == []
+    local = sorted(p.relative_to(tmp_path / "local") for p in (tmp_path / "local").rglob("*.tar"))
+    assert local and local == sorted(p.relative_to(tmp_path / "ray") for p in (tmp_path / "ray").rglob("*.tar"))
+    for rel in local:
+        assert (tmp_path / "local" / rel).read_bytes() == (tmp_path / "ray" / rel).read_bytes(), rel
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "local" / "catalog.parquet"),
+                                  pd.read_parquet(tmp_path / "ray" / "catalog.parquet"))
+    for report in ("errors.csv", "removed.csv", "unresolved.csv"):
+        assert (tmp_path / "local" / report).read_bytes() == (tmp_path / "ray" / report).read_bytes()
