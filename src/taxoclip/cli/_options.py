@@ -107,7 +107,7 @@ def add_engine_options(p: argparse.ArgumentParser, *, parts: bool = True) -> Non
                         "on this machine's loopback when no address is given")
     g.add_argument("--address", help="Ray cluster address (e.g. 10.0.0.5:6379, or 'auto' for the one `ray start` "
                                      "began here); implies --engine ray")
-    g.add_argument("--num-workers", type=positive_int, help="Ray: model actors (default: one per GPU, else 1)" if parts
+    g.add_argument("--num-workers", type=positive_int, help="Ray: model actors (default: one per GPU with --gpus-per-worker, else one per node)" if parts
                    else "Ray: worker actors (default: one per CPU of the cluster)")
     if parts:
         g.add_argument("--gpus-per-worker", type=float, default=0, help="Ray: GPUs per model actor (default 0: CPU)")
@@ -126,13 +126,11 @@ def confine_private_ray(args: argparse.Namespace) -> int | None:
     """A private Ray instance must stay on loopback: re-run this command under the guard
     (`scale.loopback`) unless it already is, or a cluster address was given. Returns the
     exit status of that re-run, or None to go on here."""
-    import sys
+    from ..scale.loopback import run_confined, should_confine
 
-    from ..scale.loopback import is_confined, run_confined
-
-    if args.address or not (args.engine == "ray") or is_confined():
+    if args.address or args.engine != "ray" or not should_confine():
         return None
-    return run_confined(sys.argv[1:])
+    return run_confined(args.argv)
 
 
 def run_with_engine(args: argparse.Namespace, task, command: str) -> int:

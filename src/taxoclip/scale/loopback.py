@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..errors import TaxoclipError
 
-__all__ = ["guard_library", "confined_environment", "is_confined", "run_confined"]
+__all__ = ["guard_library", "confined_environment", "is_confined", "run_confined", "should_confine"]
 
 _MARK = "TAXOCLIP_RAY_LOOPBACK"
 
@@ -68,6 +68,18 @@ def is_confined() -> bool:
             return lib in f.read()
     except OSError:
         return False
+
+
+def should_confine() -> bool:
+    """Whether a command about to start a private Ray instance must first re-run itself under the
+    guard: on Linux, unless it already runs under it. A re-run in which the guard did not load
+    (an LD_PRELOAD the system ignores) is an error, not another re-run."""
+    if not sys.platform.startswith("linux") or is_confined():
+        return False
+    if os.environ.get(_MARK):
+        raise TaxoclipError(f"the loopback guard {os.environ[_MARK]} did not load (LD_PRELOAD ignored?); give "
+                            "--address of a Ray instance you started instead")
+    return True
 
 
 def run_confined(argv: list[str]) -> int:

@@ -93,8 +93,7 @@ def run_ray(parts: PartDir, *, num_workers: int | None = None, gpus_per_worker: 
         return report
     task = parts.task
     device = "cuda" if gpus_per_worker else "cpu"
-    workers = num_workers or max(1, int(ray.cluster_resources().get("GPU", 0) // gpus_per_worker)
-                                 if gpus_per_worker else 1)
+    workers = num_workers or _default_workers(gpus_per_worker)
     batch_size = batch_size or _default_batch_size(task, device)
     preprocess, draft = task.preprocess(), _draft(task, device)
     refs = [r for i in pending for r in parts.part_refs(i)]
@@ -108,7 +107,8 @@ def run_ray(parts: PartDir, *, num_workers: int | None = None, gpus_per_worker: 
                                                               "batch_size": batch_size},
                        batch_size=batch_size, batch_format="numpy",
                        compute=ray.data.ActorPoolStrategy(size=workers),
-                       num_gpus=gpus_per_worker or None, num_cpus=0 if gpus_per_worker else 1))
+                       num_gpus=gpus_per_worker or None, num_cpus=0 if gpus_per_worker else 1,
+                       scheduling_strategy="SPREAD"))
 
     def results() -> Iterator[tuple[ImageRef, list[dict]]]:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
@@ -117,6 +117,16 @@ def run_ray(parts: PartDir, *, num_workers: int | None = None, gpus_per_worker: 
 
     commit_in_parts(parts, pending, results(), report, progress)
     return report
+
+
+def _default_workers(gpus_per_worker: float) -> int:
+    """Model actors: as many as the cluster's GPUs allow, else one per node (a CPU actor uses all
+    of its node's cores, as the local engine does)."""
+    import ray
+
+    if gpus_per_worker:
+        return max(1, int(ray.cluster_resources().get("GPU", 0) // gpus_per_worker))
+    return max(1, sum(1 for n in ray.nodes() if n.get("Alive")))
 
 
 def _default_batch_size(task, device: str) -> int:
