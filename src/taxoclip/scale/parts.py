@@ -12,6 +12,7 @@ line, never mixed in. `merge` joins the parts in input order into any result for
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -22,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..durable import atomic_file, write_atomic
-from ..errors import InputError
+from ..errors import InputError, TaxoclipError
 from ..io.images import ImageRef
 from .tasks import Task, task_from_dict
 
@@ -117,8 +118,14 @@ class PartDir:
     def write(self, i: int, rows: list[dict]) -> None:
         """Commit part `i` (all its rows at once: a part is complete or absent)."""
         table = pa.Table.from_pylist([{c: r.get(c) for c in self.columns} for r in rows], schema=self.schema)
-        with atomic_file(self.part_path(i)) as fh:
-            pq.write_table(table, fh)
+        try:
+            with atomic_file(self.part_path(i)) as fh:
+                pq.write_table(table, fh)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise TaxoclipError(f"no space left on the device writing {self.part_path(i)}; the {len(self.done())} "
+                                "parts done are kept: free some space and re-run the same command") from None
 
     def check_done(self) -> None:
         missing = self.pending()
