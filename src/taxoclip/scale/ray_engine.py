@@ -101,14 +101,15 @@ def run_ray(parts: PartDir, *, num_workers: int | None = None, gpus_per_worker: 
                       "path": [r.path for r in refs], "offset": [r.offset for r in refs],
                       "size": [r.size for r in refs]})
     ds = (ray.data.from_arrow(table)
+          # half a CPU per decode task: light work, and resources unlike the model stage's keep Ray
+          # Data from fusing decoding into the model actor, so the two run side by side
           .map_batches(_decode, fn_kwargs={"preprocess": preprocess, "draft": draft}, batch_size=batch_size,
-                       batch_format="pyarrow", num_cpus=1)
+                       batch_format="pyarrow", num_cpus=0.5)
           .map_batches(_ModelWorker, fn_constructor_kwargs={"task": task.as_dict(), "device": device,
                                                               "batch_size": batch_size},
                        batch_size=batch_size, batch_format="numpy",
                        compute=ray.data.ActorPoolStrategy(size=workers),
-                       num_gpus=gpus_per_worker or None, num_cpus=0 if gpus_per_worker else 1,
-                       scheduling_strategy="SPREAD"))
+                       num_gpus=gpus_per_worker or None, num_cpus=0 if gpus_per_worker else 1))
 
     def results() -> Iterator[tuple[ImageRef, list[dict]]]:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
@@ -121,7 +122,7 @@ def run_ray(parts: PartDir, *, num_workers: int | None = None, gpus_per_worker: 
 
 def _default_workers(gpus_per_worker: float) -> int:
     """Model actors: as many as the cluster's GPUs allow, else one per node (a CPU actor uses all
-    of its node's cores, as the local engine does)."""
+    of its node's cores, as the local engine does; Ray places actors on nodes with room)."""
     import ray
 
     if gpus_per_worker:
