@@ -1,4 +1,5 @@
 """The camera-trap pipeline: crops, frame answers, and detect -> classify -> files end to end."""
+import csv
 import json
 import math
 import shutil
@@ -128,3 +129,143 @@ def test_camtrap_dp_package_as_input(tmp_path):
     assert len(images) == 10  # the media with a local file; the 413 URLs are not fetched
     first = next(im for im in images if im["file"].endswith("RCNX0031.JPG"))
     assert (first["datetime"], first["deployment"]) == ("2021-04-11T20:43:09+01:00", "62c200a9")
+
+
+# ----- what each box is classified over: custom labels, a subset, prototypes ------------------
+HERON = "cam-1/20210531082538-RCNX0031.JPG"
+
+
+def _annotated_boxes() -> dict[str, list[float]]:
+    """The example's media-level animal boxes by file name (the human annotation), for media/'s frames."""
+    example = STANDARDS / "example"
+    media = {r["mediaID"]: r["fileName"] for r in csv.DictReader(open(example / "media.csv", newline=""))}
+    return {media[r["mediaID"]]: [float(r[k]) for k in ("bboxX", "bboxY", "bboxWidth", "bboxHeight")]
+            for r in csv.DictReader(open(example / "observations.csv", newline=""))
+            if r["observationLevel"] == "media" and r["bboxX"]
+            and (example / "media" / media.get(r["mediaID"], "?")).is_file()}
+
+
+def _md_of_annotations(sd_card, tmp_path) -> Path:
+    """A MegaDetector file holding the human boxes of the frames on the card (as if MD had found them)."""
+    boxes = _annotated_boxes()
+    images = [{"file": f"cam-1/{p.name}", "detections": [{"category": "1", "conf": 0.9, "bbox": boxes[p.name]}]}
+              for p in sorted((sd_card / "cam-1").iterdir()) if p.name in boxes]
+    md = tmp_path / "md.json"
+    md.write_text(json.dumps({"info": {"format_version": "1.5", "detector": "md_v5a.0.0.pt"},
+                              "detection_categories": {"1": "animal"}, "images": images}))
+    return md
+
+
+def _valid_md(path):
+    from taxoclip.camtrap.mdjson import check_md_json
+
+    assert check_md_json(path) == []
+    vbr = pytest.importorskip("megadetector.postprocessing.validate_batch_results")
+    result = vbr.validate_batch_results(str(path), vbr.ValidateBatchResultsOptions())["validation_results"]
+    assert not result["errors"], result["errors"]
+
+
+def test_custom_labels_classify_every_box(sd_card, tmp_path):
+    """--cls: every box carries all the labels with their probabilities and is answered by the best
+    one when it is sure enough; the frames of one burst form an event; the files stay valid."""
+    from taxoclip.camtrap.camtrapdp import validate_camtrap_dp
+    from taxoclip.cli import main
+
+    md, out, dp = _md_of_annotations(sd_card, tmp_path), tmp_path / "labels.json", tmp_path / "package"
+    labels = "grey heron,red fox,wild boar,roe deer"
+    assert main(["camtrap", "classify", str(md), "--images", str(sd_card), "-o", str(out), "--cls", labels,
+                 "--events", "--camtrap-dp", str(dp)]) == 0
+    doc = json.loads(out.read_text())
+    assert sorted(doc["classification_categories"].values()) == sorted(labels.split(","))
+    images = {im["file"]: im for im in doc["images"]}
+    assert len(images) == 4
+    for im in images.values():
+        scores = [s for _, s in im["detections"][0]["classifications"]]
+        assert len(scores) == 4 and scores == sorted(scores, reverse=True)
+        assert sum(scores) == pytest.approx(1, abs=1e-3)  # every label, so all the probability
+    # one burst of one camera, seconds apart: one event, decided once for all its frames
+    assert len({im["event"] for im in images.values()}) == 1
+    assert len({im["prediction"] for im in images.values()}) == 1
+    assert images[HERON]["prediction"] in labels.split(",") + ["animal"]
+    _valid_md(out)
+    assert validate_camtrap_dp(dp, STANDARDS) == []
+    with open(dp / "observations.csv", newline="") as f:
+        tags = {r["observationTags"] for r in csv.DictReader(f) if r["observationLevel"] == "media"}
+    assert "label:grey heron" in tags
+
+
+def test_custom_labels_answer_only_when_sure(sd_card, tmp_path):
+    """A box is answered by its best label when that reaches the threshold, else it stays `animal`."""
+    from taxoclip.camtrap import classify_md
+    from taxoclip.classify import CustomLabelsClassifier
+    from taxoclip.decide import Policy, Thresholds
+    from taxoclip.errors import InputError
+
+    clf = CustomLabelsClassifier(["grey heron", "red fox", "wild boar"])
+    md = _md_of_annotations(sd_card, tmp_path)
+    for threshold in (0.5, 0.9, 1.0):
+        frames, _ = classify_md(str(md), str(sd_card), clf, policy=Policy(Thresholds.parse(str(threshold))))
+        for f in frames:
+            best = f.detections[0].classifications[0]
+            assert best.name in clf.classes and best.rank == "" and best.lineage == ()
+            want = best.name if best.score >= threshold else "animal"
+            assert (f.answer.label, f.detections[0].answer.label) == (want, want)
+    assert {f.answer.label for f in frames} == {"animal"}  # at 1.0 no label is ever sure
+    with pytest.raises(InputError, match="location prior needs a Tree-of-Life vocabulary"):
+        classify_md(str(md), str(sd_card), clf, policy=Policy(prior=object()))
+
+
+def test_subset_limits_every_box_to_its_taxa(sd_card, tmp_path):
+    from taxoclip.cli import main
+
+    subset = tmp_path / "birds.csv"
+    subset.write_text("order\nPelecaniformes\nAnseriformes\n")
+    out = tmp_path / "subset.json"
+    assert main(["camtrap", "classify", str(_md_of_annotations(sd_card, tmp_path)), "--images", str(sd_card),
+                 "-o", str(out), "--subset", str(subset)]) == 0
+    doc = json.loads(out.read_text())
+    lineages = [d.split(";")[:7] for d in doc["classification_category_descriptions"].values()]
+    assert lineages and {x[3] for x in lineages} <= {"Pelecaniformes", "Anseriformes"}
+    for im in doc["images"]:  # each answer is one of those taxa or a group above them (Aves, …)
+        answer = [x for x in im["prediction_description"].split(";")[:7] if x]
+        assert im["prediction_score"] <= 1 and any(x[:len(answer)] == answer for x in lineages)
+    assert doc["info"]["classifier_metadata"]["vocabulary"]["name"].endswith("]")  # named as a subset
+    _valid_md(out)
+
+
+@pytest.mark.parametrize("heron, reeds", [("Ardea cinerea", "Phragmites australis"), ("heron", "reeds")])
+def test_prototypes_from_my_own_photos(sd_card, tmp_path, heron, reeds):
+    """Prototypes built from crops of other frames of the night (class folders), then the boxes on
+    the card classified over them: a binomial folder name takes its taxonomy from the model's
+    vocabulary; classes named by a common name alone are answered like custom labels."""
+    from taxoclip.camtrap import classify_md
+    from taxoclip.camtrap.mdjson import write_md_json
+    from taxoclip.classify import TreeOfLifeClassifier
+    from taxoclip.evaluate.prototypes import build_prototypes
+    from taxoclip.models import load_model
+
+    boxes, media = _annotated_boxes(), STANDARDS / "example" / "media"
+    on_card = {p.name for p in (sd_card / "cam-1").iterdir()}
+    photos = tmp_path / "my-photos"
+    for cls in (heron, reeds):
+        (photos / cls).mkdir(parents=True)
+    for name in sorted(set(boxes) - on_card)[:4]:  # support frames the card does not hold
+        im = Image.open(media / name)
+        W, H = im.size
+        x, y, w, h = boxes[name]
+        im.crop((int(x * W), int(y * H), int((x + w) * W), int((y + h) * H))).save(photos / heron / name)
+        im.crop((int(0.55 * W), int(0.1 * H), int(0.8 * W), int(0.4 * H))).save(photos / reeds / name)
+    model = load_model("taxoclip-mini", precision="fp32")
+    vocabulary, _ = build_prototypes(model, photos, tmp_path / "protos")
+    clf = TreeOfLifeClassifier(model, vocabulary=vocabulary)
+    frames, _ = classify_md(str(_md_of_annotations(sd_card, tmp_path)), str(sd_card), clf)
+    for f in frames:
+        best = f.detections[0].classifications[0]
+        assert best.name == heron and f.answer.label == heron
+        if heron == "Ardea cinerea":
+            assert {"Aves", "Ardeidae"} <= set(best.lineage) and f.answer.rank == "species"
+        else:
+            assert best.lineage == () and f.answer.source == "model"
+    out = tmp_path / "protos.json"
+    write_md_json(frames, out, detector={"name": "md_v5a.0.0.pt"}, classifier={"name": "taxoclip-mini"})
+    _valid_md(out)

@@ -37,7 +37,7 @@ from ..errors import InputError
 from .results import DETECTION_CATEGORIES, Detection
 
 __all__ = ["Detector", "YoloxDetector", "MegaDetector", "DETECTORS", "DEFAULT_DETECTOR", "load_detector",
-           "bundle_dir", "convert_zamba_wheel", "megadetector_runtime", "to_rgb"]
+           "bundle_dir", "convert_zamba_wheel", "megadetector_runtime", "md_detections", "to_rgb"]
 
 DEFAULT_DETECTOR = "yolox-tiny"
 BUNDLE = "yolox-tiny-animals"
@@ -268,35 +268,64 @@ class YoloxDetector:
 
 
 class MegaDetector:
-    """MegaDetector (v5 / v1000 ...) run by the `megadetector` package from a user-given weights file.
+    """MegaDetector (v5, v6, …) from a weights file the user gives, run by the `megadetector`
+    package's own runtime (`run_detector.load_detector`: `.pt` YOLO files, `.pb`, RF-DETR `.pth`).
 
-    Its runtime unpickles the model file (MegaDetector's format), so give it only files you trust."""
+    Its runtime unpickles the model file (MegaDetector's format), so give it only files you trust.
+    Category ids are named by the runtime's label map ("1" animal, "2" person, "3" vehicle);
+    detections of any other category are left out, as MegaDetector's format says of unlisted ones.
+    A frame the runtime fails on raises InputError (`detect_frames` then fails that frame only)."""
 
     categories = CATEGORIES
 
-    def __init__(self, weights: str, device: str = "auto"):
-        from PIL import ImageFile
+    def __init__(self, weights: str | Path, device: str = "auto"):
         from megadetector.detection import run_detector
 
-        # its imports switch on Pillow's process-wide LOAD_TRUNCATED_IMAGES: keep truncated photos errors
-        ImageFile.LOAD_TRUNCATED_IMAGES = False
+        _strict_truncated_images()
+        path = Path(weights).expanduser().resolve()  # a path, never a model name it would download
         self.name = "megadetector"
-        self.version = Path(weights).name
-        self._impl = run_detector.load_detector(str(weights), force_cpu=(device == "cpu"))
+        self.version = f"{path.name} sha256:{_sha256(path)[:12]}"
+        try:
+            self._impl = run_detector.load_detector(str(path), force_cpu=(device == "cpu"))
+        except Exception as e:  # its runtime raises anything: a bad file, a missing YOLO library, …
+            raise InputError(f"{path}: MegaDetector cannot load it ({type(e).__name__}: {e})") from None
+        finally:
+            _strict_truncated_images()  # loading imports more of the package
+        self._labels = {str(k): str(v) for k, v in getattr(run_detector, "DEFAULT_DETECTOR_LABEL_MAP",
+                                                            DETECTION_CATEGORIES).items()}
 
     def detect(self, images: Sequence[Image.Image], threshold: float = 0.1) -> list[list[Detection]]:
         out = []
         for i, im in enumerate(images):
             r = self._impl.generate_detections_one_image(to_rgb(im), f"image-{i}", detection_threshold=threshold)
             if r.get("failure"):
-                raise InputError(f"megadetector: {r['failure']}")
-            dets = []
-            for d in sorted(r.get("detections") or [], key=lambda d: -d["conf"]):
-                x, y, w, h = (min(1.0, max(0.0, float(v))) for v in d["bbox"])
-                dets.append(Detection(DETECTION_CATEGORIES.get(str(d["category"]), "animal"), float(d["conf"]),
-                                      (x, y, min(w, 1.0 - x), min(h, 1.0 - y))))
-            out.append(dets)
+                raise InputError(f"MegaDetector failed on this frame: {r['failure']}")
+            out.append(md_detections(r.get("detections") or [], self._labels, threshold))
         return out
+
+
+def md_detections(raw: Sequence[dict], labels: dict[str, str], threshold: float = 0.0) -> list[Detection]:
+    """MegaDetector's detections (`category` id, `conf`, normalised `bbox` [x, y, w, h]) as ours:
+    named categories only, boxes clipped to the frame, most confident first."""
+    dets = []
+    for d in raw:
+        category = labels.get(str(d.get("category")))
+        conf = float(d.get("conf", 0.0))
+        if category not in CATEGORIES or conf < threshold:
+            continue
+        x, y, w, h = (min(1.0, max(0.0, float(v))) for v in d["bbox"])
+        w, h = min(w, 1.0 - x), min(h, 1.0 - y)
+        if w > 0 and h > 0:
+            dets.append(Detection(category, conf, (x, y, w, h)))
+    return sorted(dets, key=lambda d: -d.conf)
+
+
+def _strict_truncated_images() -> None:
+    """MegaDetector's imports switch on Pillow's process-wide LOAD_TRUNCATED_IMAGES; taxoclip
+    reports a truncated photo as an error instead of decoding it half grey."""
+    from PIL import ImageFile
+
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
 # ----------------------------------------------------------------------------- registry
@@ -323,14 +352,18 @@ def megadetector_runtime() -> bool:
 
 
 def _load_megadetector(weights: str | None = None, device: str = "auto") -> MegaDetector:
+    if not _has_module("megadetector.detection.run_detector"):
+        raise InputError("the megadetector detector needs MegaDetector's runtime: pip install megadetector "
+                         "(then give its weights file: --detector-weights md_v5a.0.0.pt)")
     if not megadetector_runtime():
-        raise InputError("the megadetector detector needs its runtime: pip install megadetector "
-                         "(then give its weights file, e.g. --weights md_v5a.0.0.pt)")
+        raise InputError("MegaDetector's code is installed (megadetector-utils) but no YOLO library to run its "
+                         "weights with (yolov5, yolov9 or ultralytics): pip install megadetector")
     if not weights:
-        raise InputError("the megadetector detector needs a weights file (e.g. md_v5a.0.0.pt)")
+        raise InputError("the megadetector detector needs a weights file: --detector-weights md_v5a.0.0.pt "
+                         "(MegaDetector v5/v6, from its releases page)")
     if not Path(weights).expanduser().is_file():
         raise InputError(f"{weights}: no such MegaDetector weights file")
-    return MegaDetector(str(Path(weights).expanduser()), device=device)
+    return MegaDetector(weights, device=device)
 
 
 DETECTORS: dict[str, Callable[..., Detector]] = {

@@ -30,8 +30,12 @@ def register(sub) -> None:
         q.add_argument("--classify-threshold", type=float, default=0.2,
                        help="animal detections at or above this are classified and count for the frame (default 0.2)")
         q.add_argument("--crop-padding", type=float, default=0.05, help="square crop padding, share of the box side")
-        q.add_argument("--vocabulary", help="Tree-of-Life vocabulary instead of the model's own")
+        q.add_argument("--vocabulary", help="Tree-of-Life vocabulary instead of the model's own, e.g. prototypes "
+                                            "from `taxoclip prototypes build`")
         q.add_argument("--subset", help="CSV whose first column is named after a rank: classify only among those taxa")
+        q.add_argument("--cls", help="custom labels instead of taxa: comma-separated, or a file with one per line "
+                                     "(a box is answered by its best label when it reaches the species threshold)")
+        q.add_argument("--bins", help="CSV of label,bin: custom labels, each box answered by its best bin")
         q.add_argument("--camtrap-dp", metavar="DIR", help="also write a Camtrap DP 1.0 package here")
         q.add_argument("--dwc", metavar="FILE", help="also write Darwin Core occurrences (.csv, or .zip for an archive)")
         q.add_argument("--calibration", default="auto", help="auto (default), none or a calibration file")
@@ -40,11 +44,22 @@ def register(sub) -> None:
 
 
 def _classifier(args):
-    from ..classify import TreeOfLifeClassifier
+    from .. import classify
     from ..decide.calibration import load_calibration
+    from ..errors import InputError
+    from .predict import _bins, _classes
 
-    clf = TreeOfLifeClassifier(args.model, pretrained=args.pretrained, vocabulary=args.vocabulary,
-                               device=args.device, precision=args.precision)
+    common = dict(model=args.model, pretrained=args.pretrained, device=args.device, precision=args.precision)
+    if args.cls or args.bins:
+        if args.cls and args.bins:
+            raise InputError("--cls and --bins cannot be combined")
+        if args.vocabulary or args.subset or args.prior:
+            raise InputError("--cls/--bins choose custom labels, which have no taxa; they cannot be combined with "
+                             "--vocabulary, --subset or --prior")
+        if args.cls:
+            return classify.CustomLabelsClassifier(_classes(args.cls), **common)
+        return classify.CustomLabelsBinningClassifier(_bins(args.bins), **common)
+    clf = classify.TreeOfLifeClassifier(common.pop("model"), vocabulary=args.vocabulary, **common)
     if args.subset:
         clf.restrict(args.subset)
     cal = load_calibration(clf.model, args.calibration)
@@ -96,7 +111,7 @@ def _write(args, frames, root, clf, policy, detector_info) -> int:
     from ..decide.provenance import model_identity, run_record, vocabulary_identity, write_beside
 
     classifier = {"model": model_identity(clf.model), "vocabulary": vocabulary_identity(clf.bank),
-                  "temperature": clf.temperature, "decision": policy.as_dict()}
+                  "temperature": getattr(clf, "temperature", 1.0), "decision": policy.as_dict()}
     write_md_json(frames, args.output, detector=detector_info, classifier=classifier)
     write_beside(args.output, run_record(**classifier, detector=detector_info, images=str(root)))
     if args.camtrap_dp:
