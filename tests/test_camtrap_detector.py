@@ -78,38 +78,46 @@ def test_bundled_detector_is_the_default(detector):
     assert isinstance(detector, Detector) and isinstance(detector, YoloxDetector)
     assert (detector.name, detector.version) == ("yolox-tiny-animals", "zamba-2.7.2/yolox_tiny_640_20220528")
     assert detector.categories == ("animal",)  # MegadetectorLite has one class
+    assert detector.size == 416  # letterbox: found more herons, fewer false alarms than zamba's 640 (docs)
+    assert 0 < detector.metadata["conservative_detection_threshold"] < detector.metadata["typical_detection_threshold"]
     assert bundle_dir().is_relative_to(Path(taxoclip.__file__).parent)
     assert sorted(DETECTORS) == ["megadetector", "yolox-tiny"]
 
 
 @pytest.fixture(scope="module")
 def example_found(detector, example_frames) -> list[list[Detection]]:
-    """Detections above 0.05 on the example frames, then on the first one as greyscale (one batch run).
+    """Detections above 0.02 on the example frames, then on the first one as greyscale (one batch run).
 
     Filtering them at a higher threshold gives what detect() at that threshold gives: NMS keeps
     boxes in score order, so a box is only ever suppressed by a more confident one."""
     frames = [f for _, f, _ in example_frames]
-    return detector.detect(frames + [frames[0].convert("L")], threshold=0.05)
+    return detector.detect(frames + [frames[0].convert("L")], threshold=0.02)
 
 
-def test_finds_the_heron_in_the_example(example_frames, example_found):
-    """Night IR frames of a grey heron: the box on the first frame overlaps the annotated one."""
+def test_finds_the_heron_in_the_example(detector, example_frames, example_found):
+    """Night IR frames of a grey heron, at the detector's typical threshold: the annotated box is
+    found on most frames (6 of 10 measured, docs/camtrap.md) and nothing else is boxed."""
     names, _, truth = zip(*example_frames)
-    found = [[d for d in dets if d.conf >= 0.1] for dets in example_found[:len(names)]]
+    typical = detector.metadata["typical_detection_threshold"]
+    found = [[d for d in dets if d.conf >= typical] for dets in example_found[:len(names)]]
     for dets in example_found:
         _assert_boxes_inside(dets)
         assert [d.conf for d in dets] == sorted((d.conf for d in dets), reverse=True)
-    hits = [n for n, dets, box in zip(names, found, truth) if any(_iou(d.bbox, box) >= 0.5 for d in dets)]
-    assert "20210531082538-RCNX0031.JPG" in hits  # wings open, scored ~0.12; the others score lower
-    first = names.index("20210531082538-RCNX0031.JPG")
-    best = found[first][0]
-    assert best.category == "animal" and _iou(best.bbox, truth[first]) > 0.7
+    on_heron = [[_iou(d.bbox, box) >= 0.5 for d in dets] for dets, box in zip(found, truth)]
+    assert sum(any(hit) for hit in on_heron) >= 5
+    assert all(all(hit) for hit in on_heron)  # no false alarm on the background (water, reeds, the text bar)
 
 
 def test_greyscale_frame_gives_the_same_boxes(example_found):
+    """A night IR frame stored as greyscale gets the boxes of its RGB copy: scores differ by rounding
+    (a box within rounding of the 0.02 threshold may be on one side of it in one copy only)."""
     rgb, grey = example_found[0], example_found[-1]
-    assert grey and len(grey) == len(rgb)
-    assert np.allclose([d.bbox for d in grey], [d.bbox for d in rgb], atol=2e-3)
+    assert sum(d.conf >= 0.025 for d in rgb) >= 2
+    for ours, theirs in ((rgb, grey), (grey, rgb)):
+        for d in ours:
+            twin = max(theirs, key=lambda g: _iou(g.bbox, d.bbox), default=None)
+            if d.conf >= 0.025:
+                assert twin is not None and _iou(twin.bbox, d.bbox) > 0.98 and abs(twin.conf - d.conf) < 0.005
 
 
 def test_uniform_grey_frame_is_blank(detector):
@@ -133,6 +141,7 @@ def test_boxes_are_relative_to_the_original_frame(detector):
     import torch
 
     fake = copy.copy(detector)  # the same detector with a network that answers one fixed box
+    fake.size = 640
     # cx, cy, w, h in square pixels; objectness; class probability
     fake.model = lambda x: torch.tensor([[[320.0, 225.0, 64.0, 45.0, 0.9, 0.5],
                                           [630.0, 440.0, 40.0, 40.0, 0.9, 0.9],  # over the right/bottom edge

@@ -43,11 +43,13 @@ def test_frame_answers_like_speciesnets_ensemble():
 
 
 STANDARDS = Path(__file__).resolve().parents[2] / "shared" / "standards" / "camtrap-dp-1.0.2"
+HERON = "cam-1/20210531082538-RCNX0031.JPG"  # wings open; annotated box [0.35947, 0.61382, 0.32951, 0.31225]
 
 
 @pytest.fixture
 def sd_card(tmp_path):
-    """Real camera-trap frames (Camtrap DP example: a grey heron at night), a corrupt one and a blank one."""
+    """Real camera-trap frames (Camtrap DP example: a grey heron at night), a corrupt one and a blank
+    one (the part of a frame above and left of the heron, where the annotator boxed nothing)."""
     media = STANDARDS / "example" / "media"
     if not media.is_dir():
         pytest.skip(f"Camtrap DP example media not found at {media}")
@@ -56,7 +58,8 @@ def sd_card(tmp_path):
     for f in sorted(media.iterdir())[:4]:
         shutil.copy(f, card / f.name)
     (card / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    Image.new("RGB", (2048, 1440), (90, 90, 90)).save(card / "blank.jpg")
+    empty = Image.open(media / "20210531082540-RCNX0039.JPG").crop((0, 0, 700, 870))  # heron at x > 0.35, y > 0.61
+    empty.resize((2048, 1440)).save(card / "blank.jpg")
     return tmp_path / "DCIM"
 
 
@@ -68,15 +71,28 @@ def test_sd_card_to_md_json_camtrap_dp_and_dwca(sd_card, tmp_path):
     from taxoclip.cli import main
     from taxoclip.io.dwca import Archive
 
+    synthetic = sd_card / "cam-2"  # a night misfire, and a heron frame stored as a greyscale PNG
+    synthetic.mkdir()
+    Image.new("RGB", (2048, 1440)).save(synthetic / "misfire.jpg")
+    twin = "cam-1/20210531082539-RCNX0034.JPG"  # its heron scores well above the threshold (docs/camtrap.md)
+    Image.open(sd_card / twin).convert("L").save(synthetic / "heron-grey.png")
     out, dp, dwca = tmp_path / "results.json", tmp_path / "package", tmp_path / "occurrences.zip"
-    code = main(["camtrap", "run", str(sd_card), "-o", str(out), "--camtrap-dp", str(dp), "--dwc", str(dwca),
-                 "--detection-threshold", "0.05", "--classify-threshold", "0.05"])
+    code = main(["camtrap", "run", str(sd_card), "-o", str(out), "--camtrap-dp", str(dp), "--dwc", str(dwca)])
     assert code == 1  # one frame could not be read
     doc = json.loads(out.read_text())
     images = {im["file"]: im for im in doc["images"]}
-    assert len(images) == 6
+    assert len(images) == 8
+    assert images["cam-2/misfire.jpg"]["prediction"] == "blank"
+    assert images["cam-2/heron-grey.png"]["prediction"] == images[twin]["prediction"] != "blank"
     assert images["cam-1/corrupt.jpg"]["failure"] and images["cam-1/corrupt.jpg"]["detections"] is None
     assert images["cam-1/blank.jpg"]["prediction"] == "blank"
+    herons = [im for name, im in images.items() if "RCNX" in name and name.startswith("cam-1/")]
+    assert sum(im["prediction"] != "blank" for im in herons) >= 2  # with the default thresholds, found
+    typical = doc["info"]["detector_metadata"]["typical_detection_threshold"]
+    for im in herons:  # the frame's answer counts the boxes at the typical threshold, lower ones are kept
+        top = max((d["conf"] for d in im["detections"]), default=0)
+        assert (im["prediction"] == "blank") == (top < typical)
+        assert all(d.get("classifications") for d in im["detections"] if d["conf"] >= typical)
     assert check_md_json(out) == []
     vbr = pytest.importorskip("megadetector.postprocessing.validate_batch_results")
     result = vbr.validate_batch_results(str(out), vbr.ValidateBatchResultsOptions())["validation_results"]
@@ -89,21 +105,25 @@ def test_sd_card_to_md_json_camtrap_dp_and_dwca(sd_card, tmp_path):
     assert "scientificName" in {t for t, _, _ in core.fields}
 
 
-def test_classify_a_megadetector_file(sd_card, tmp_path):
-    """MegaDetector's boxes in, our classifications out: a heron box, a frame with no detection, a
-    path missing under --images; the output validates and every readable frame is answered."""
-    from taxoclip.camtrap.mdjson import check_md_json
+def test_classify_a_megadetector_file(sd_card, tmp_path, capsys):
+    """MegaDetector's boxes in, our classifications out. Bad entries fail their own frame only: a box
+    outside [0, 1], a path missing under --images, a corrupt frame; a frame with no detection is
+    blank; the output validates and every other frame is answered."""
     from taxoclip.cli import main
 
     md = tmp_path / "md.json"
+    animal = [{"category": "1", "conf": 0.9, "bbox": [0.1, 0.1, 0.2, 0.2]}]
     md.write_text(json.dumps({
         "info": {"format_version": "1.4", "detector": "md_v5a.0.0.pt"},
         "detection_categories": {"1": "animal", "2": "person", "3": "vehicle"},
         "images": [
             {"file": "cam-1/20210531082538-RCNX0031.JPG",
              "detections": [{"category": "1", "conf": 0.93, "bbox": [0.35947, 0.61382, 0.32951, 0.31225]}]},  # annotated
+            {"file": "cam-1/20210531082538-RCNX0032.JPG",
+             "detections": [{"category": "1", "conf": 0.9, "bbox": [0.48, 0.61, 0.3, 1.2]}]},  # outside [0, 1]
             {"file": "cam-1/blank.jpg", "detections": []},
-            {"file": "cam-1/gone.jpg", "detections": [{"category": "1", "conf": 0.9, "bbox": [0.1, 0.1, 0.2, 0.2]}]},
+            {"file": "cam-1/gone.jpg", "detections": animal},
+            {"file": "cam-1/corrupt.jpg", "detections": animal},
         ]}))
     out = tmp_path / "classified.json"
     assert main(["camtrap", "classify", str(md), "--images", str(sd_card), "-o", str(out)]) == 1
@@ -112,8 +132,27 @@ def test_classify_a_megadetector_file(sd_card, tmp_path):
     assert heron["detections"][0]["classifications"], "the animal box is classified"
     assert heron["prediction"] not in ("", "blank")
     assert images["cam-1/blank.jpg"]["prediction"] == "blank"
+    assert "outside [0, 1]" in images["cam-1/20210531082538-RCNX0032.JPG"]["failure"]
     assert "not found" in images["cam-1/gone.jpg"]["failure"]
-    assert check_md_json(out) == []
+    assert "cannot decode" in images["cam-1/corrupt.jpg"]["failure"]
+    assert all(images[f]["detections"] is None for f in ("cam-1/gone.jpg", "cam-1/corrupt.jpg"))
+    _valid_md(out)
+    assert "cam-1/corrupt.jpg" in capsys.readouterr().err  # each failure named on the terminal too
+
+    md.write_text(json.dumps({"info": {"format_version": "1.6"}, "detection_categories": {"1": "animal"},
+                              "images": [{"file": "cam-1/blank.jpg", "detections": []},
+                                         {"file": "cam-1/20210531082538-RCNX0031.JPG", "detections": []}]}))
+    assert main(["camtrap", "classify", str(md), "--images", str(sd_card), "-o", str(out)]) == 0
+    assert {im["prediction"] for im in json.loads(out.read_text())["images"]} == {"blank"}  # zero detections
+    _valid_md(out)
+    capsys.readouterr()
+
+    md.write_text(json.dumps({"info": {"format_version": "2.0"}, "detection_categories": {"1": "animal"},
+                              "images": []}))
+    assert main(["camtrap", "classify", str(md), "--images", str(sd_card), "-o", str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(md) in err[0] and "version 2.0" in err[0]  # one line: the file and why
+    assert not (tmp_path / "x.json").exists()
 
 
 def test_camtrap_dp_package_as_input(tmp_path):
@@ -132,7 +171,6 @@ def test_camtrap_dp_package_as_input(tmp_path):
 
 
 # ----- what each box is classified over: custom labels, a subset, prototypes ------------------
-HERON = "cam-1/20210531082538-RCNX0031.JPG"
 
 
 def _annotated_boxes() -> dict[str, list[float]]:

@@ -37,9 +37,11 @@ from ..errors import InputError
 from .results import DETECTION_CATEGORIES, Detection
 
 __all__ = ["Detector", "YoloxDetector", "MegaDetector", "DETECTORS", "DEFAULT_DETECTOR", "load_detector",
-           "bundle_dir", "convert_zamba_wheel", "megadetector_runtime", "md_detections", "to_rgb"]
+           "bundle_dir", "convert_zamba_wheel", "megadetector_runtime", "md_detections", "thresholds_of", "to_rgb"]
 
 DEFAULT_DETECTOR = "yolox-tiny"
+# MegaDetector's own defaults for weights it does not know (run_detector.py)
+MEGADETECTOR_METADATA = {"typical_detection_threshold": 0.2, "conservative_detection_threshold": 0.1}
 BUNDLE = "yolox-tiny-animals"
 CATEGORIES = tuple(DETECTION_CATEGORIES.values())  # animal, person, vehicle
 MAX_DETECTIONS = 100  # per frame, after NMS
@@ -54,6 +56,9 @@ ZAMBA_KWARGS = "zamba/object_detection/yolox/assets/yolox_tiny_640_20220528_mode
 class Detector(Protocol):
     name: str  # e.g. "yolox-tiny-animals"
     version: str
+    # as MegaDetector writes it in its batch files: typical_detection_threshold (boxes that count),
+    # conservative_detection_threshold (lower: boxes worth writing for review), …
+    metadata: dict
 
     def detect(self, images: Sequence[Image.Image], threshold: float = 0.1) -> list[list[Detection]]: ...
 
@@ -205,6 +210,7 @@ class YoloxDetector:
             self.name, self.version = cfg["name"], cfg["version"]
         else:  # other weights on the bundle's architecture: named by their file and content
             self.name, self.version = wpath.stem, _sha256(wpath)[:12]
+        self.metadata = {**cfg.get("detector_metadata", {}), "input_size": self.size}
         self.categories = tuple(c for c in CATEGORIES if c in self.classes)
         self.batch_size = batch_size or (32 if self.device.type == "cuda" else 8)
         self._torch = torch
@@ -293,6 +299,12 @@ class MegaDetector:
             _strict_truncated_images()  # loading imports more of the package
         self._labels = {str(k): str(v) for k, v in getattr(run_detector, "DEFAULT_DETECTOR_LABEL_MAP",
                                                             DETECTION_CATEGORIES).items()}
+        self.metadata = dict(MEGADETECTOR_METADATA)
+        try:  # its known versions' thresholds (v5: 0.2 typical, 0.05 conservative), by the file's name
+            version = run_detector.get_detector_version_from_filename(path.name)
+            self.metadata.update(run_detector.get_detector_metadata_from_version_string(version))
+        except Exception:  # an unknown name or an older runtime: the defaults it uses itself
+            pass
 
     def detect(self, images: Sequence[Image.Image], threshold: float = 0.1) -> list[list[Detection]]:
         out = []
@@ -326,6 +338,13 @@ def _strict_truncated_images() -> None:
     from PIL import ImageFile
 
     ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def thresholds_of(metadata: dict | None) -> tuple[float, float]:
+    """(typical, conservative) detection thresholds from a detector's metadata (or a MegaDetector
+    file's `info.detector_metadata`); MegaDetector's defaults where it says nothing."""
+    m = {**MEGADETECTOR_METADATA, **{k: v for k, v in (metadata or {}).items() if isinstance(v, (int, float))}}
+    return float(m["typical_detection_threshold"]), float(m["conservative_detection_threshold"])
 
 
 # ----------------------------------------------------------------------------- registry

@@ -23,7 +23,8 @@ from ..errors import InputError
 from ..taxonomy import RANKS
 from .results import Answer, Classification, Frame
 
-__all__ = ["CropOptions", "crop_box", "classify_frames", "detect_frames", "frame_answer", "load_frame_image"]
+__all__ = ["CropOptions", "crop_box", "classify_frames", "detect_frames", "frame_answer", "load_frame_image",
+           "with_threshold"]
 
 log = logging.getLogger(__name__)
 _DEEP = {level: i for i, level in enumerate(LEVELS)}
@@ -37,10 +38,20 @@ class CropOptions:
     clipped to the frame, as MegaDetector's classification step cuts them (`--square-crops`);
     boxes whose crop would be smaller than `min_size` pixels are left unclassified."""
 
-    threshold: float = 0.2  # detections below this are not classified (nor counted for the frame)
+    # detections below this are not classified (nor counted for the frame); None: the detector's
+    # typical threshold (its metadata, or a MegaDetector file's), MegaDetector's 0.2 when unknown
+    threshold: float | None = None
     padding: float = 0.05
     min_size: int = 16
     square: bool = True
+
+
+def with_threshold(options: CropOptions, detector_metadata: dict | None) -> CropOptions:
+    """The options with their threshold set: the detector's typical one where none was given."""
+    from .detector import thresholds_of
+
+    return options if options.threshold is not None else replace(options,
+                                                                  threshold=thresholds_of(detector_metadata)[0])
 
 
 def crop_box(image, bbox: Sequence[float], options: CropOptions):
@@ -144,7 +155,7 @@ def classify_frames(frames: list[Frame], classifier, *, root: str | None = None,
 
     `classifier` is a TreeOfLifeClassifier (any vocabulary, subset or prototypes) or a
     CustomLabelsClassifier (or its binning variant); labels are decided by `decide_labels`."""
-    options = options or CropOptions()
+    options = with_threshold(options or CropOptions(), None)
     policy = policy or Policy()
     labels = _labels_only(classifier)
     crops = _crops(frames, root, options)

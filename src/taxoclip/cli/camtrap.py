@@ -18,8 +18,9 @@ def register(sub) -> None:
     run.add_argument("--detector", default="yolox-tiny",
                      help="yolox-tiny (default: bundled, offline) or megadetector (with --detector-weights)")
     run.add_argument("--detector-weights", help="weights file for --detector megadetector")
-    run.add_argument("--detection-threshold", type=float, default=0.1,
-                     help="detections below this are not written (default 0.1)")
+    run.add_argument("--detection-threshold", type=float,
+                     help="detections below this are not written (default: the detector's conservative threshold, "
+                          "0.02 for yolox-tiny; MegaDetector's own for its weights, 0.05 for v5)")
     run.set_defaults(func=_run)
     cl = cs.add_parser("classify", help="classify the detections of a MegaDetector batch file")
     cl.add_argument("md_json", help="MegaDetector batch output (format 1.1-1.6)")
@@ -27,8 +28,10 @@ def register(sub) -> None:
     cl.set_defaults(func=_classify)
     for q in (run, cl):
         q.add_argument("--output", "-o", required=True, help="MegaDetector batch JSON 1.6 with classifications")
-        q.add_argument("--classify-threshold", type=float, default=0.2,
-                       help="animal detections at or above this are classified and count for the frame (default 0.2)")
+        q.add_argument("--classify-threshold", type=float,
+                       help="detections at or above this are classified and count for the frame (default: the "
+                            "detector's typical threshold: 0.05 for yolox-tiny, 0.2 for MegaDetector v5; for "
+                            "classify, the file's typical_detection_threshold, else 0.2)")
         q.add_argument("--crop-padding", type=float, default=0.05, help="square crop padding, share of the box side")
         q.add_argument("--vocabulary", help="Tree-of-Life vocabulary instead of the model's own, e.g. prototypes "
                                             "from `taxoclip prototypes build`")
@@ -90,16 +93,18 @@ def _run(args: argparse.Namespace) -> int:
     frames, root = run_images(args.images, clf, detector, policy=policy, options=options,
                               detection_threshold=args.detection_threshold, context=context, events=args.events,
                               gap=args.event_gap)
-    detector_info = {"name": detector.name, "version": detector.version}
+    detector_info = {"name": detector.name, "version": detector.version, "metadata": detector.metadata}
     return _write(args, frames, root, clf, policy, detector_info)
 
 
 def _classify(args: argparse.Namespace) -> int:
     from ..camtrap import classify_md
+    from ..camtrap.mdjson import read_md_json
 
+    md = read_md_json(args.md_json, images_root=args.images)  # a file it cannot read stops before the model loads
     clf = _classifier(args)
     policy, options, context = _common(args)
-    frames, meta = classify_md(args.md_json, args.images, clf, policy=policy, options=options, context=context,
+    frames, meta = classify_md(md, args.images, clf, policy=policy, options=options, context=context,
                                events=args.events, gap=args.event_gap)
     info = meta.get("info", {}) if isinstance(meta, dict) else {}
     return _write(args, frames, args.images, clf, policy, {"name": info.get("detector", "unknown"),
