@@ -258,7 +258,9 @@ def zamba_peer(wheel: Path, workdir: Path, confidence: float, batch: int):
 
 
 def parity(det, peer, animals, threshold: float) -> str:
+    bundled, det.size = det.size, 640  # zamba's square
     ours = det.detect([im for _, im, _ in animals], threshold=threshold)
+    det.size = bundled
     d_score, d_box, n_ours, n_peer = 0.0, 0.0, 0, 0
     for (_, im, _), mine in zip(animals, ours):
         boxes, scores = peer.detect_image(np.asarray(im))
@@ -365,7 +367,7 @@ def main(argv=None) -> int:
     if args.peer_zamba:
         peer = zamba_peer(Path(args.peer_zamba), Path(tempfile.mkdtemp(prefix="zamba-")), min(thresholds),
                           det.batch_size)
-        print(f"- parity with zamba's MegadetectorLiteYoloX (fp32 .pth, ImageOps.pad, yolox postprocess): "
+        print(f"- parity with zamba's MegadetectorLiteYoloX at 640 px (fp32 .pth, ImageOps.pad, yolox postprocess): "
               f"{parity(det, peer, animals, min(thresholds))}")
 
     src = [im if im.size == (2048, 1440) else im.resize((2048, 1440)) for _, im, _ in animals]

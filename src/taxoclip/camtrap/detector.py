@@ -8,11 +8,13 @@ the frame as given. `load_detector()` builds one by name from `DETECTORS`:
   trained by DrivenData to find animals in camera-trap video frames (MIT; weights converted
   from the `zamba` 2.7.2 wheel, see `bundled/yolox-tiny-animals/README.md`). It has ONE class,
   so it never says "person" or "vehicle", and its scores run low: the box on the Camtrap DP
-  example's night IR heron scores 0.002-0.12 (bench/bench_detector.py), so MegaDetector's
-  usual thresholds (0.1-0.2) miss most animals. Its scores rank frames and boxes; they are
-  not MegaDetector confidences. The network is pixeltable-yolox's YOLOX; the letterbox
-  and decoding follow zamba's `MegadetectorLiteYoloX` (RGB 0-255, no normalisation, bicubic
-  resize into the top-left of a black 640x640 square).
+  example's night IR heron scores 0.0-0.17 (bench/bench_detector.py), so MegaDetector's
+  usual thresholds (0.1-0.2) miss most animals; its config gives its own (`metadata`:
+  typical 0.05, conservative 0.02). Its scores rank frames and boxes; they are not
+  MegaDetector confidences. The network is pixeltable-yolox's YOLOX; the letterbox and
+  decoding follow zamba's `MegadetectorLiteYoloX` (RGB 0-255, no normalisation, bicubic
+  resize into the top-left of a black square), at 416 px instead of zamba's 640 (measured
+  better on real night frames, docs/camtrap.md).
 - `megadetector`: MegaDetector itself, from a weights file the user gives, through the
   `megadetector` package's own runtime when it is installed (not a dependency).
 
@@ -140,7 +142,7 @@ class YoloxDetector:
 
     Frames of any size are letterboxed into one square (zamba's: resized to fit, top-left,
     padded), so a batch mixes sizes; boxes come back relative to each original frame. `size`
-    overrides the config's square (640); bench/bench_detector.py compares 416."""
+    overrides the config's square (416; zamba's 640: bench/bench_detector.py compares them)."""
 
     def __init__(self, weights: str | Path | None = None, device: str = "auto", batch_size: int | None = None,
                  config: str | Path | None = None, size: int | None = None):

@@ -77,9 +77,14 @@ def load_frame_image(path: str):
     return decode_image(path)
 
 
-def detect_frames(paths: Sequence[str], detector, *, threshold: float = 0.1, batch: int = 8,
+def detect_frames(paths: Sequence[str], detector, *, threshold: float | None = None, batch: int = 8,
                   root: str | None = None) -> Iterator[Frame]:
-    """Run the detector over image files; an unreadable frame becomes a Frame with a failure."""
+    """Run the detector over image files, keeping detections from `threshold` (default: the
+    detector's conservative threshold); an unreadable frame becomes a Frame with a failure."""
+    from .detector import thresholds_of
+
+    if threshold is None:
+        threshold = thresholds_of(getattr(detector, "metadata", None))[1]
     for s in range(0, len(paths), batch):
         part = paths[s:s + batch]
         frames, images = [], []
@@ -207,12 +212,12 @@ def _score(classifier, names: list[str], crops: list, n: int, labels: bool) -> p
     [(_, masses, errors)] = list(classifier.masses_iter(crops, n, 5, batch_size=len(crops)))
     if not labels:
         return score_batch(classifier.bank, names, masses, errors)
-    row_p, row_i, _ = masses  # rows of the readable crops, in order: a class is its common name
+    row_p, row_i, _ = masses  # the readable crops' best rows, in order; a class is its common name
     common = classifier.bank.table["common_name"]
-    ok = [i for i in range(len(names)) if i not in errors]
-    per = {i: (common.take(row_i[j].numpy()).astype(str).tolist(), row_p[j].tolist()) for j, i in enumerate(ok)}
-    return label_batch(names, [per.get(i, ([], []))[0] for i in range(len(names))],
-                       [per.get(i, ([], []))[1] for i in range(len(names))], errors)
+    found = iter(zip(row_i.numpy(), row_p.tolist()))
+    rows = [(None, []) if i in errors else next(found) for i in range(len(names))]
+    return label_batch(names, [[] if ix is None else common.take(ix).astype(str).tolist() for ix, _ in rows],
+                       [p for _, p in rows], errors)
 
 
 def _classification(key: str, p: float, common: str, labels: bool) -> Classification:
