@@ -201,12 +201,20 @@ class Flipped:
         return out
 
 
-def accuracy_rows(det, animals, crops, synth, comp, thresholds, label: str) -> list[str]:
+def accuracy_rows(det, animals, crops, synth, comp, thresholds, label: str) -> tuple[list[str], float | None]:
+    """Table rows per threshold, and how well the best score on a pasted photo ranks the animal
+    photos above the plant ones (AUROC, thresholds aside; None without composites)."""
     lowest = min(thresholds)
     found_a = det.detect([im for _, im, _ in animals], threshold=lowest)
     found_c = det.detect([im for _, im in crops], threshold=lowest)
     found_s = det.detect([im for _, im in synth], threshold=lowest)
-    found_p = det.detect([im for _, im, _ in comp], threshold=lowest) if comp else []
+    found_p = det.detect([im for _, im, _ in comp], threshold=0.001) if comp else []
+    score = {kind: np.array([max((d.conf for d in f if on_patch(d.bbox, box)), default=0.0)
+                             for (k, _, box), f in zip(comp, found_p) if k == kind]) for kind in ("animal", "plant")}
+    auroc = None
+    if comp:
+        a, p = score["animal"][:, None], score["plant"][None, :]
+        auroc = float((a > p).mean() + 0.5 * (a == p).mean())
     rows = []
     n_truth = sum(len(b) for _, _, b in animals)
     for t in thresholds:
@@ -224,7 +232,7 @@ def accuracy_rows(det, animals, crops, synth, comp, thresholds, label: str) -> l
 
         rows.append(f"| {label} | {t:g} | {matched}/{n_truth} | {matched}/{n_det} | {fa(found_c)} | {fa(found_s)} | "
                     f"{pasted('animal')} | {pasted('plant')} |")
-    return rows
+    return rows, auroc
 
 
 def best_scores(det, animals) -> str:
@@ -313,6 +321,7 @@ def main(argv=None) -> int:
     ap.add_argument("--composites", type=int, default=0, metavar="N",
                     help="also N animal and N plant photos from bio-mini pasted into the frames (see above)")
     ap.add_argument("--bio-mini", default=str(ROOT.parent / "shared" / "data" / "bio-mini"))
+    ap.add_argument("--no-speed", action="store_true", help="accuracy tables only")
     ap.add_argument("--speed-frames", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--peer-zamba", metavar="WHEEL", help="also run zamba's own detector code from this wheel")
@@ -348,20 +357,24 @@ def main(argv=None) -> int:
           "| composites: animals found | composites: plants boxed |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     sizes = [int(s) for s in args.sizes.split(",")]
-    best = {}
+    best, ranking = {}, {}
     for size in sizes:
         det.size = size  # only the letterbox uses it: the network is fully convolutional
         label = f"{size}px" + (" (bundled)" if size == bundled else "")
-        for row in accuracy_rows(det, animals, crops, synth, comp, thresholds, label):
-            print(row)
+        rows, ranking[label] = accuracy_rows(det, animals, crops, synth, comp, thresholds, label)
         if args.flip:
-            for row in accuracy_rows(Flipped(det), animals, crops, synth, comp, thresholds, f"{size}px + flip"):
-                print(row)
+            flipped, ranking[f"{size}px + flip"] = accuracy_rows(Flipped(det), animals, crops, synth, comp,
+                                                                 thresholds, f"{size}px + flip")
+            rows += flipped
+        print("\n".join(rows))
         best[size] = best_scores(det, animals)
     det.size = bundled
     print()
     for size, s in best.items():
         print(f"- best score on the annotated box per frame, {size}px: {s}")
+    if comp:
+        print("- composites, animal photos ranked above plant photos by the best score on them (AUROC, 0.5 = "
+              "chance): " + ", ".join(f"{k} {v:.2f}" for k, v in ranking.items()))
 
     peer = None
     if args.peer_zamba:
@@ -370,6 +383,8 @@ def main(argv=None) -> int:
         print(f"- parity with zamba's MegadetectorLiteYoloX at 640 px (fp32 .pth, ImageOps.pad, yolox postprocess): "
               f"{parity(det, peer, animals, min(thresholds))}")
 
+    if args.no_speed:
+        return 0
     src = [im if im.size == (2048, 1440) else im.resize((2048, 1440)) for _, im, _ in animals]
     src = src or [Image.new("RGB", (2048, 1440))]
     frames = [src[i % len(src)] for i in range(args.speed_frames)]

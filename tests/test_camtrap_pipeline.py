@@ -100,9 +100,15 @@ def test_sd_card_to_md_json_camtrap_dp_and_dwca(sd_card, tmp_path):
     frames, _ = read_md_json(out, images_root=sd_card)
     assert sum(f.failure is not None for f in frames) == 1
     assert validate_camtrap_dp(dp, STANDARDS) == []
-    archive = Archive(dwca)
-    core, _ = archive.tables()
-    assert "scientificName" in {t for t, _, _ in core.fields}
+    with Archive(dwca) as archive:
+        core, _ = archive.tables()
+        rows = list(core.rows(archive))
+    animals = {name: im for name, im in images.items() if im.get("prediction") not in (None, "", "blank")}
+    assert animals and sorted(r["associatedMedia"] for r in rows) == sorted(animals)  # an occurrence per animal frame
+    for r in rows:
+        answer = animals[r["associatedMedia"]]["prediction"]
+        assert r["scientificName"] == ("Animalia" if answer == "animal" else answer)
+        assert r["basisOfRecord"] == "MachineObservation" and r["identifiedBy"].startswith("taxoclip-mini")
 
 
 def test_classify_a_megadetector_file(sd_card, tmp_path, capsys):
