@@ -239,9 +239,10 @@ def test_custom_labels_classify_every_box(sd_card, tmp_path):
 
 
 def test_custom_labels_answer_only_when_sure(sd_card, tmp_path):
-    """A box is answered by its best label when that reaches the threshold, else it stays `animal`."""
+    """A box is answered by its best label (or bin) when that reaches the threshold, else it stays
+    `animal`; labels have no taxa, so a location prior is refused."""
     from taxoclip.camtrap import classify_md
-    from taxoclip.classify import CustomLabelsClassifier
+    from taxoclip.classify import CustomLabelsBinningClassifier, CustomLabelsClassifier
     from taxoclip.decide import Policy, Thresholds
     from taxoclip.errors import InputError
 
@@ -255,6 +256,14 @@ def test_custom_labels_answer_only_when_sure(sd_card, tmp_path):
             want = best.name if best.score >= threshold else "animal"
             assert (f.answer.label, f.detections[0].answer.label) == (want, want)
     assert {f.answer.label for f in frames} == {"animal"}  # at 1.0 no label is ever sure
+
+    bins = CustomLabelsBinningClassifier({"grey heron": "bird", "mallard": "bird", "red fox": "mammal"},
+                                         model=clf.model)
+    frames, _ = classify_md(str(md), str(sd_card), bins)
+    for f in frames:  # each box scored per bin: the sum of its labels' probabilities
+        scores = {c.name: c.score for c in f.detections[0].classifications}
+        assert set(scores) == {"bird", "mammal"} and sum(scores.values()) == pytest.approx(1, abs=1e-3)
+        assert f.answer.label in ("bird", "mammal", "animal")
     with pytest.raises(InputError, match="location prior needs a Tree-of-Life vocabulary"):
         classify_md(str(md), str(sd_card), clf, policy=Policy(prior=object()))
 
