@@ -1,18 +1,24 @@
 """The bundled camera-trap detector measured on real frames, and the conversion of its weights.
 
     python bench/bench_detector.py                       # accuracy + speed tables (Markdown)
+    python bench/bench_detector.py --sizes 416,640 --flip --composites 40   # what docs/camtrap.md reports
     python bench/bench_detector.py --peer-zamba WHEEL    # + zamba's own MegadetectorLiteYoloX, side by side
     python bench/bench_detector.py --convert WHEEL [--out DIR]   # re-derive the bundled weights
 
 Accuracy uses the Camtrap DP 1.0.2 example (../shared/standards/camtrap-dp-1.0.2/example):
 media-level human annotations of the frames present in media/ (observationType, boxes).
-- frame recall: annotated animal frames with an animal detection >= threshold;
 - box recall / precision: one-to-one greedy matches at IoU >= 0.5 between annotated boxes and
-  detections >= threshold (precision counts every detection on annotated frames);
+  detections >= threshold (precision counts every detection on the annotated frames);
 - false alarms: blank frames with any detection >= threshold. The example's media/ holds no
-  annotated blank frame, so two proxies are reported, and named as such: real background crops
+  annotated blank frame, so proxies are reported, and named as such: real background crops
   (the part of each annotated frame above / left of its animal box, which the annotator saw
-  and left unboxed) and synthetic frames (uniform grey, black, white, noise).
+  and left unboxed) and synthetic frames (uniform greys, black, white, noise);
+- composites (--composites N, needs ../shared/data/bio-mini): N real animal photos (mammals,
+  birds, reptiles from bio-mini's caltech, lemurs and chile-birds sets) and N plant photos
+  (caltech, flowers17), greyscale like the night frames, pasted into the annotated frames left
+  of the heron: "found" is a detection mostly (>= 50 % of its area) on the pasted photo. Another
+  scene content than the one heron, but pasted photos, not camera-trap animals: a proxy.
+- --flip: test-time flip (each frame and its mirror image, boxes merged by NMS).
 Speed: photos/s of detect() on decoded 2048x1440 frames, batch 8, in this process, alternating
 with the peer (zamba's code from its wheel) when --peer-zamba is given.
 """
@@ -112,30 +118,121 @@ def background_crops(animals) -> list:
 
 def synthetic_blanks() -> list:
     noise = np.random.default_rng(0).integers(0, 256, (1440, 2048, 3), dtype=np.uint8)
-    return [("grey", Image.new("RGB", (2048, 1440), (128, 128, 128))), ("black", Image.new("RGB", (2048, 1440))),
-            ("white", Image.new("RGB", (2048, 1440), (255, 255, 255))), ("noise", Image.fromarray(noise))]
+    levels = (0, 60, 90, 128, 150, 255)  # black, greys, white
+    return [(f"uniform {v}", Image.new("RGB", (2048, 1440), (v, v, v))) for v in levels] + \
+        [("noise", Image.fromarray(noise))]
 
 
-def accuracy_rows(det, animals, blanks, crops, synth, thresholds, label: str) -> list[str]:
+def composites(animals, bio_mini: Path, n: int, seed: int = 0) -> list:
+    """(kind "animal" | "plant", frame, pasted box) for n animal and n plant photos pasted into the
+    annotated frames, left of the heron (see the module docstring)."""
+    import io
+    import random
+    import tarfile
+
+    def samples(path):
+        items: dict = {}
+        with tarfile.open(path) as t:
+            for m in t.getmembers():
+                key, _, ext = m.name.rpartition(".")
+                items.setdefault(key, {})[ext] = t.extractfile(m).read()
+        return [(json.loads(v["json"]), v["jpg"]) for v in items.values() if "json" in v and "jpg" in v]
+
+    pools: dict[str, list] = {"animal": [], "plant": []}
+    for name in ("caltech/test-000.tar", "caltech/val-000.tar", "lemurs/val-000.tar", "chile-birds/val-000.tar",
+                 "flowers17/test-000.tar", "flowers17/val-000.tar"):
+        if not (bio_mini / name).is_file():
+            continue
+        for label, jpg in samples(bio_mini / name):
+            if label["kingdom"] == "Animalia" and label["class"] in ("Mammalia", "Aves", "Reptilia", "Amphibia"):
+                pools["animal"].append(jpg)
+            elif label["kingdom"] == "Plantae":
+                pools["plant"].append(jpg)
+    rng = random.Random(seed)
+    out = []
+    for kind, pool in pools.items():
+        rng.shuffle(pool)
+        for i, jpg in enumerate(pool[:n]):
+            _, frame, boxes = animals[i % len(animals)]
+            bg = frame.resize((1024, 720), Image.BICUBIC)
+            patch = Image.open(io.BytesIO(jpg)).convert("L").convert("RGB")
+            s = rng.uniform(0.12, 0.25) * 1024 / max(patch.size)
+            patch = patch.resize((max(1, round(patch.size[0] * s)), max(1, round(patch.size[1] * s))), Image.BICUBIC)
+            x = rng.uniform(10, max(11, boxes[0][0] * 1024 - patch.size[0] - 10))
+            y = rng.uniform(40, 720 - patch.size[1] - 40)
+            bg.paste(patch, (int(x), int(y)))
+            out.append((kind, bg, (int(x) / 1024, int(y) / 720, patch.size[0] / 1024, patch.size[1] / 720)))
+    return out
+
+
+def on_patch(det_box, patch) -> bool:
+    """Whether a detection lies mostly (>= half its area) on the pasted photo."""
+    x, y, w, h = det_box
+    px, py, pw, ph = patch
+    ix = max(0.0, min(x + w, px + pw) - max(x, px))
+    iy = max(0.0, min(y + h, py + ph) - max(y, py))
+    return ix * iy >= 0.5 * w * h
+
+
+class Flipped:
+    """Test-time flip: detections of each frame and of its mirror image, merged by NMS."""
+
+    def __init__(self, det):
+        self.det = det
+
+    def detect(self, images, threshold: float):
+        import torch
+        from PIL import ImageOps
+        from torchvision.ops import nms
+
+        from taxoclip.camtrap.results import Detection
+
+        plain = self.det.detect(images, threshold=threshold)
+        mirrored = self.det.detect([ImageOps.mirror(im) for im in images], threshold=threshold)
+        out = []
+        for a, b in zip(plain, mirrored):
+            both = a + [Detection(d.category, d.conf, (1 - d.bbox[0] - d.bbox[2], *d.bbox[1:])) for d in b]
+            if not both:
+                out.append([])
+                continue
+            xyxy = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (d.bbox for d in both)])
+            keep = nms(xyxy, torch.tensor([d.conf for d in both]), self.det.nms_iou)
+            out.append(sorted((both[k] for k in keep.tolist()), key=lambda d: -d.conf))
+        return out
+
+
+def accuracy_rows(det, animals, crops, synth, comp, thresholds, label: str) -> tuple[list[str], float | None]:
+    """Table rows per threshold, and how well the best score on a pasted photo ranks the animal
+    photos above the plant ones (AUROC, thresholds aside; None without composites)."""
     lowest = min(thresholds)
     found_a = det.detect([im for _, im, _ in animals], threshold=lowest)
-    found_b = det.detect([im for _, im in blanks], threshold=lowest) if blanks else []
     found_c = det.detect([im for _, im in crops], threshold=lowest)
     found_s = det.detect([im for _, im in synth], threshold=lowest)
+    found_p = det.detect([im for _, im, _ in comp], threshold=0.001) if comp else []
+    score = {kind: np.array([max((d.conf for d in f if on_patch(d.bbox, box)), default=0.0)
+                             for (k, _, box), f in zip(comp, found_p) if k == kind]) for kind in ("animal", "plant")}
+    auroc = None
+    if comp:
+        a, p = score["animal"][:, None], score["plant"][None, :]
+        auroc = float((a > p).mean() + 0.5 * (a == p).mean())
     rows = []
     n_truth = sum(len(b) for _, _, b in animals)
     for t in thresholds:
         a = [[d for d in f if d.conf >= t] for f in found_a]  # = detect() at t: NMS keeps in score order
-        frames_hit = sum(any(d.category == "animal" for d in f) for f in a)
         matched = sum(match(b, [d.bbox for d in f if d.category == "animal"]) for (_, _, b), f in zip(animals, a))
         n_det = sum(len(f) for f in a)
 
         def fa(found):
-            return f"{sum(any(d.conf >= t for d in f) for f in found)}/{len(found)}" if found else "n/a (none)"
+            return f"{sum(any(d.conf >= t for d in f) for f in found)}/{len(found)}"
 
-        rows.append(f"| {label} | {t:g} | {frames_hit}/{len(animals)} | {matched}/{n_truth} | "
-                    f"{matched}/{n_det} | {fa(found_b)} | {fa(found_c)} | {fa(found_s)} |")
-    return rows
+        def pasted(kind):
+            hits = [any(d.conf >= t and on_patch(d.bbox, box) for d in f)
+                    for (k, _, box), f in zip(comp, found_p) if k == kind]
+            return f"{sum(hits)}/{len(hits)}" if hits else "–"
+
+        rows.append(f"| {label} | {t:g} | {matched}/{n_truth} | {matched}/{n_det} | {fa(found_c)} | {fa(found_s)} | "
+                    f"{pasted('animal')} | {pasted('plant')} |")
+    return rows, auroc
 
 
 def best_scores(det, animals) -> str:
@@ -169,7 +266,9 @@ def zamba_peer(wheel: Path, workdir: Path, confidence: float, batch: int):
 
 
 def parity(det, peer, animals, threshold: float) -> str:
+    bundled, det.size = det.size, 640  # zamba's square
     ours = det.detect([im for _, im, _ in animals], threshold=threshold)
+    det.size = bundled
     d_score, d_box, n_ours, n_peer = 0.0, 0.0, 0, 0
     for (_, im, _), mine in zip(animals, ours):
         boxes, scores = peer.detect_image(np.asarray(im))
@@ -190,6 +289,7 @@ def parity(det, peer, animals, threshold: float) -> str:
 
 def speed(det, peer, frames: list, rounds: int, sizes: list[int]) -> tuple[dict, float | None]:
     """Best-of-rounds photos/s per letterbox size, ours and the peer's alternating (the CPU is shared)."""
+    bundled = det.size
     det.detect(frames[:2])
     video = np.stack([np.asarray(f) for f in frames]) if peer else None
     if peer:
@@ -201,11 +301,12 @@ def speed(det, peer, frames: list, rounds: int, sizes: list[int]) -> tuple[dict,
             t = time.perf_counter()
             det.detect(frames, threshold=0.1)
             ours[size].append(len(frames) / (time.perf_counter() - t))
-        det.size = 640
+        det.size = 640  # the peer's
         if peer:
             t = time.perf_counter()
             peer.detect_video(video)
             theirs.append(len(frames) / (time.perf_counter() - t))
+    det.size = bundled
     return {s: max(v) for s, v in ours.items()}, (max(theirs) if theirs else None)
 
 
@@ -214,8 +315,13 @@ def main(argv=None) -> int:
     ap.add_argument("--convert", metavar="WHEEL", help="re-derive the bundled weights from a zamba wheel")
     ap.add_argument("--out", help="where --convert writes (default: a temporary folder, compared with the bundle)")
     ap.add_argument("--example", default=str(EXAMPLE), help="a Camtrap DP package with media/ (default: %(default)s)")
-    ap.add_argument("--thresholds", default="0.05,0.1,0.25,0.5")
-    ap.add_argument("--sizes", default="640,416", help="letterbox sizes to compare (640 = the bundled setting)")
+    ap.add_argument("--thresholds", default="0.02,0.05,0.1,0.2")
+    ap.add_argument("--sizes", default="416,640", help="letterbox sizes to compare (the bundle's: 416; zamba's: 640)")
+    ap.add_argument("--flip", action="store_true", help="also measure test-time flip at each size")
+    ap.add_argument("--composites", type=int, default=0, metavar="N",
+                    help="also N animal and N plant photos from bio-mini pasted into the frames (see above)")
+    ap.add_argument("--bio-mini", default=str(ROOT.parent / "shared" / "data" / "bio-mini"))
+    ap.add_argument("--no-speed", action="store_true", help="accuracy tables only")
     ap.add_argument("--speed-frames", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--peer-zamba", metavar="WHEEL", help="also run zamba's own detector code from this wheel")
@@ -238,35 +344,47 @@ def main(argv=None) -> int:
     thresholds = [float(t) for t in args.thresholds.split(",")]
     animals, blanks = load_example(example)
     crops, synth = background_crops(animals), synthetic_blanks()
+    comp = composites(animals, Path(args.bio_mini), args.composites) if args.composites else []
     det = YoloxDetector(device="cpu")
+    bundled = det.size
     print(f"# {det.name} {det.version}\n\n{cpu_name()}, {os.cpu_count()} logical CPUs, torch {torch.__version__} "
           f"with {torch.get_num_threads()} threads, load average at start {os.getloadavg()[0]:.2f}\n")
     print(f"Camtrap DP example: {len(animals)} annotated animal frames ({sum(len(b) for *_, b in animals)} boxes), "
           f"{len(blanks)} annotated blank frames in media/; {len(crops)} background crops, {len(synth)} synthetic "
-          "blanks\n")
-    print("| input | threshold | frame recall | box recall (IoU>=0.5) | box precision | FA: annotated blanks "
-          "| FA: background crops | FA: synthetic |")
+          f"blanks; {sum(k == 'animal' for k, _, _ in comp)} + {sum(k == 'plant' for k, _, _ in comp)} "
+          "composites (animal + plant photos)\n")
+    print("| input | threshold | box recall (IoU>=0.5) | box precision | FA: background crops | FA: synthetic "
+          "| composites: animals found | composites: plants boxed |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     sizes = [int(s) for s in args.sizes.split(",")]
-    best = {}
+    best, ranking = {}, {}
     for size in sizes:
         det.size = size  # only the letterbox uses it: the network is fully convolutional
-        label = f"{size}px" + (" (bundled)" if size == 640 else "")
-        for row in accuracy_rows(det, animals, blanks, crops, synth, thresholds, label):
-            print(row)
+        label = f"{size}px" + (" (bundled)" if size == bundled else "")
+        rows, ranking[label] = accuracy_rows(det, animals, crops, synth, comp, thresholds, label)
+        if args.flip:
+            flipped, ranking[f"{size}px + flip"] = accuracy_rows(Flipped(det), animals, crops, synth, comp,
+                                                                 thresholds, f"{size}px + flip")
+            rows += flipped
+        print("\n".join(rows))
         best[size] = best_scores(det, animals)
-    det.size = 640
+    det.size = bundled
     print()
     for size, s in best.items():
         print(f"- best score on the annotated box per frame, {size}px: {s}")
+    if comp:
+        print("- composites, animal photos ranked above plant photos by the best score on them (AUROC, 0.5 = "
+              "chance): " + ", ".join(f"{k} {v:.2f}" for k, v in ranking.items()))
 
     peer = None
     if args.peer_zamba:
         peer = zamba_peer(Path(args.peer_zamba), Path(tempfile.mkdtemp(prefix="zamba-")), min(thresholds),
                           det.batch_size)
-        print(f"- parity with zamba's MegadetectorLiteYoloX (fp32 .pth, ImageOps.pad, yolox postprocess): "
+        print(f"- parity with zamba's MegadetectorLiteYoloX at 640 px (fp32 .pth, ImageOps.pad, yolox postprocess): "
               f"{parity(det, peer, animals, min(thresholds))}")
 
+    if args.no_speed:
+        return 0
     src = [im if im.size == (2048, 1440) else im.resize((2048, 1440)) for _, im, _ in animals]
     src = src or [Image.new("RGB", (2048, 1440))]
     frames = [src[i % len(src)] for i in range(args.speed_frames)]
@@ -278,7 +396,7 @@ def main(argv=None) -> int:
     ours, theirs = speed(det, peer, frames, args.rounds, sizes)
     print(f"\n| 2048x1440 frames, CPU, batch {det.batch_size} | photos/s |\n|---|---:|")
     for size, v in ours.items():
-        print(f"| taxoclip yolox-tiny detect(), {size}px{' (bundled)' if size == 640 else ''} | {v:.2f} |")
+        print(f"| taxoclip yolox-tiny detect(), {size}px{' (bundled)' if size == bundled else ''} | {v:.2f} |")
     if theirs is not None:
         print(f"| zamba MegadetectorLiteYoloX.detect_video, 640px (peer) | {theirs:.2f} "
               f"(ours at 640px x{ours.get(640, float('nan')) / theirs:.2f}) |")

@@ -306,3 +306,33 @@ def test_prior_from_a_gbif_download_restricts_butterflies_to_their_countries(tmp
     assert [d["prediction"] for d in before] == ["Vanessa cardui"] * 3
     assert [d["prediction"] for d in after] == ["Vanessa atalanta", "Vanessa atalanta", "Vanessa cardui"]
     assert [d["prediction_source"] for d in after] == ["location prior", "location prior", "model"]
+
+
+def test_custom_labels_are_decided_by_the_species_threshold(tmp_path):
+    """Labels have no ranks: the best label answers when it reaches the species threshold (or its
+    own threshold), photos of one event are decided together, a location prior is refused."""
+    from taxoclip.decide import decide_tables
+    from taxoclip.decide.rule import decide_labels
+    from taxoclip.decide.scores import label_batch
+
+    t = label_batch(["cam/1.jpg", "cam/2.jpg", "cam/3.jpg", "cam/4.jpg"],
+                    [["badger", "fox"], ["fox", "badger"], [], ["fox", "badger"]],
+                    [[0.7, 0.3], [0.2, 0.8], [], [0.95, 0.05]], errors={2: "cannot read file"})
+    d = decide_labels(t, Policy(Thresholds.parse("species=0.75")))
+    assert d["prediction"].tolist() == ["", "badger", "", "fox"]  # best first, whatever the order given
+    assert d["prediction_source"].tolist() == ["none", "model", "", "model"]
+    assert d["prediction_rank"].tolist() == [""] * 4 and d["error"].notna().tolist() == [False, False, True, False]
+    assert d["prediction_score"].tolist()[1] == pytest.approx(0.8)
+    thresholds = tmp_path / "t.csv"
+    thresholds.write_text("rank,taxon,threshold\nspecies,badger,0.6\n")
+    assert decide_labels(t, Policy(Thresholds.parse("0.75", thresholds)))["prediction"].tolist()[0] == "badger"
+
+    timed = t.set_column(t.schema.get_field_index("datetime"), "datetime",
+                         pa.array(["2024-05-01T02:00:00", "2024-05-01T02:00:05", None, "2024-05-01T05:00:00"]))
+    [(_, ev)] = list(decide_tables([timed], Policy(Thresholds.parse("0.72")), events=True, labels=True))
+    # photos 1 and 2 are one event (mean badger 0.75), which names photo 1's animal too; photo 4 is
+    # hours later, an event of its own
+    assert ev["prediction"].tolist() == ["badger", "badger", "", "fox"]
+    assert ev["prediction_source"].tolist() == ["event", "model", "", "model"] and ev["event"][0] == ev["event"][1]
+    with pytest.raises(InputError, match="location prior needs a Tree-of-Life vocabulary"):
+        decide_labels(t, Policy(prior=object()))

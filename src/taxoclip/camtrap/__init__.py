@@ -40,16 +40,24 @@ def _number(v):
 
 
 def run_images(images: Sequence[str], classifier, detector, *, policy=None, options: CropOptions | None = None,
-               detection_threshold: float = 0.1, context=None, events: bool = False, gap: float = 60.0,
+               detection_threshold: float | None = None, context=None, events: bool = False, gap: float = 60.0,
                progress=None) -> tuple[list[Frame], str | None]:
     """Detect and classify image files (folders searched recursively; a Camtrap DP package's
     `datapackage.json` or folder brings its local media with their times and deployments).
+    Detections are kept from `detection_threshold` (default: the detector's conservative
+    threshold) and classified from `options.threshold` (default: its typical threshold).
     Returns (frames, their root): frame names are relative to the folder given (or the common
     folder of the inputs), as MegaDetector writes them."""
     import logging
 
     from ..errors import InputError
     from ..io.images import find_images
+    from .detector import thresholds_of
+    from .pipeline import with_threshold
+
+    options = with_threshold(options or CropOptions(), detector.metadata)
+    if detection_threshold is None:
+        detection_threshold = min(thresholds_of(detector.metadata)[1], options.threshold)
 
     packaged: dict[str, Frame] = {}
     plain = []
@@ -85,12 +93,17 @@ def run_images(images: Sequence[str], classifier, detector, *, policy=None, opti
     return frames, root
 
 
-def classify_md(md_path: str, root: str, classifier, *, policy=None, options: CropOptions | None = None,
+def classify_md(md, root: str, classifier, *, policy=None, options: CropOptions | None = None,
                 context=None, events: bool = False, gap: float = 60.0, progress=None) -> tuple[list[Frame], dict]:
-    """Classify the detections of a MegaDetector batch file (paths relative to `root`)."""
+    """Classify the detections of a MegaDetector batch file (paths relative to `root`) from
+    `options.threshold` (default: the file's `typical_detection_threshold`, else 0.2). `md` is
+    the file's path, or what `mdjson.read_md_json` read from it."""
     from .mdjson import read_md_json
+    from .pipeline import with_threshold
 
-    frames, meta = read_md_json(md_path, images_root=root)
+    frames, meta = read_md_json(md, images_root=root) if isinstance(md, (str, os.PathLike)) else md
+    info = meta.get("info") if isinstance(meta.get("info"), dict) else {}
+    options = with_threshold(options or CropOptions(), info.get("detector_metadata"))
     with_context(frames, root, context)
     classify_frames(frames, classifier, root=root, policy=policy, options=options, events=events, gap=gap,
                     progress=progress)

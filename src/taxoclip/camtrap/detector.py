@@ -8,11 +8,13 @@ the frame as given. `load_detector()` builds one by name from `DETECTORS`:
   trained by DrivenData to find animals in camera-trap video frames (MIT; weights converted
   from the `zamba` 2.7.2 wheel, see `bundled/yolox-tiny-animals/README.md`). It has ONE class,
   so it never says "person" or "vehicle", and its scores run low: the box on the Camtrap DP
-  example's night IR heron scores 0.002-0.12 (bench/bench_detector.py), so MegaDetector's
-  usual thresholds (0.1-0.2) miss most animals. Its scores rank frames and boxes; they are
-  not MegaDetector confidences. The network is pixeltable-yolox's YOLOX; the letterbox
-  and decoding follow zamba's `MegadetectorLiteYoloX` (RGB 0-255, no normalisation, bicubic
-  resize into the top-left of a black 640x640 square).
+  example's night IR heron scores 0.0-0.17 (bench/bench_detector.py), so MegaDetector's
+  usual thresholds (0.1-0.2) miss most animals; its config gives its own (`metadata`:
+  typical 0.05, conservative 0.02). Its scores rank frames and boxes; they are not
+  MegaDetector confidences. The network is pixeltable-yolox's YOLOX; the letterbox and
+  decoding follow zamba's `MegadetectorLiteYoloX` (RGB 0-255, no normalisation, bicubic
+  resize into the top-left of a black square), at 416 px instead of zamba's 640 (measured
+  better on real night frames, docs/camtrap.md).
 - `megadetector`: MegaDetector itself, from a weights file the user gives, through the
   `megadetector` package's own runtime when it is installed (not a dependency).
 
@@ -37,9 +39,11 @@ from ..errors import InputError
 from .results import DETECTION_CATEGORIES, Detection
 
 __all__ = ["Detector", "YoloxDetector", "MegaDetector", "DETECTORS", "DEFAULT_DETECTOR", "load_detector",
-           "bundle_dir", "convert_zamba_wheel", "megadetector_runtime", "to_rgb"]
+           "bundle_dir", "convert_zamba_wheel", "megadetector_runtime", "md_detections", "thresholds_of", "to_rgb"]
 
 DEFAULT_DETECTOR = "yolox-tiny"
+# MegaDetector's own defaults for weights it does not know (run_detector.py)
+MEGADETECTOR_METADATA = {"typical_detection_threshold": 0.2, "conservative_detection_threshold": 0.1}
 BUNDLE = "yolox-tiny-animals"
 CATEGORIES = tuple(DETECTION_CATEGORIES.values())  # animal, person, vehicle
 MAX_DETECTIONS = 100  # per frame, after NMS
@@ -54,6 +58,9 @@ ZAMBA_KWARGS = "zamba/object_detection/yolox/assets/yolox_tiny_640_20220528_mode
 class Detector(Protocol):
     name: str  # e.g. "yolox-tiny-animals"
     version: str
+    # as MegaDetector writes it in its batch files: typical_detection_threshold (boxes that count),
+    # conservative_detection_threshold (lower: boxes worth writing for review), …
+    metadata: dict
 
     def detect(self, images: Sequence[Image.Image], threshold: float = 0.1) -> list[list[Detection]]: ...
 
@@ -135,7 +142,7 @@ class YoloxDetector:
 
     Frames of any size are letterboxed into one square (zamba's: resized to fit, top-left,
     padded), so a batch mixes sizes; boxes come back relative to each original frame. `size`
-    overrides the config's square (640); bench/bench_detector.py compares 416."""
+    overrides the config's square (416; zamba's 640: bench/bench_detector.py compares them)."""
 
     def __init__(self, weights: str | Path | None = None, device: str = "auto", batch_size: int | None = None,
                  config: str | Path | None = None, size: int | None = None):
@@ -205,6 +212,7 @@ class YoloxDetector:
             self.name, self.version = cfg["name"], cfg["version"]
         else:  # other weights on the bundle's architecture: named by their file and content
             self.name, self.version = wpath.stem, _sha256(wpath)[:12]
+        self.metadata = {**cfg.get("detector_metadata", {}), "input_size": self.size}
         self.categories = tuple(c for c in CATEGORIES if c in self.classes)
         self.batch_size = batch_size or (32 if self.device.type == "cuda" else 8)
         self._torch = torch
@@ -268,35 +276,77 @@ class YoloxDetector:
 
 
 class MegaDetector:
-    """MegaDetector (v5 / v1000 ...) run by the `megadetector` package from a user-given weights file.
+    """MegaDetector (v5, v6, …) from a weights file the user gives, run by the `megadetector`
+    package's own runtime (`run_detector.load_detector`: `.pt` YOLO files, `.pb`, RF-DETR `.pth`).
 
-    Its runtime unpickles the model file (MegaDetector's format), so give it only files you trust."""
+    Its runtime unpickles the model file (MegaDetector's format), so give it only files you trust.
+    Category ids are named by the runtime's label map ("1" animal, "2" person, "3" vehicle);
+    detections of any other category are left out, as MegaDetector's format says of unlisted ones.
+    A frame the runtime fails on raises InputError (`detect_frames` then fails that frame only)."""
 
     categories = CATEGORIES
 
-    def __init__(self, weights: str, device: str = "auto"):
-        from PIL import ImageFile
+    def __init__(self, weights: str | Path, device: str = "auto"):
         from megadetector.detection import run_detector
 
-        # its imports switch on Pillow's process-wide LOAD_TRUNCATED_IMAGES: keep truncated photos errors
-        ImageFile.LOAD_TRUNCATED_IMAGES = False
+        _strict_truncated_images()
+        path = Path(weights).expanduser().resolve()  # a path, never a model name it would download
         self.name = "megadetector"
-        self.version = Path(weights).name
-        self._impl = run_detector.load_detector(str(weights), force_cpu=(device == "cpu"))
+        self.version = f"{path.name} sha256:{_sha256(path)[:12]}"
+        try:
+            self._impl = run_detector.load_detector(str(path), force_cpu=(device == "cpu"))
+        except Exception as e:  # its runtime raises anything: a bad file, a missing YOLO library, …
+            raise InputError(f"{path}: MegaDetector cannot load it ({type(e).__name__}: {e})") from None
+        finally:
+            _strict_truncated_images()  # loading imports more of the package
+        self._labels = {str(k): str(v) for k, v in getattr(run_detector, "DEFAULT_DETECTOR_LABEL_MAP",
+                                                            DETECTION_CATEGORIES).items()}
+        self.metadata = dict(MEGADETECTOR_METADATA)
+        try:  # its known versions' thresholds (v5: 0.2 typical, 0.05 conservative), by the file's name
+            version = run_detector.get_detector_version_from_filename(path.name)
+            self.metadata.update(run_detector.get_detector_metadata_from_version_string(version))
+        except Exception:  # an unknown name or an older runtime: the defaults it uses itself
+            pass
 
     def detect(self, images: Sequence[Image.Image], threshold: float = 0.1) -> list[list[Detection]]:
         out = []
         for i, im in enumerate(images):
             r = self._impl.generate_detections_one_image(to_rgb(im), f"image-{i}", detection_threshold=threshold)
             if r.get("failure"):
-                raise InputError(f"megadetector: {r['failure']}")
-            dets = []
-            for d in sorted(r.get("detections") or [], key=lambda d: -d["conf"]):
-                x, y, w, h = (min(1.0, max(0.0, float(v))) for v in d["bbox"])
-                dets.append(Detection(DETECTION_CATEGORIES.get(str(d["category"]), "animal"), float(d["conf"]),
-                                      (x, y, min(w, 1.0 - x), min(h, 1.0 - y))))
-            out.append(dets)
+                raise InputError(f"MegaDetector failed on this frame: {r['failure']}")
+            out.append(md_detections(r.get("detections") or [], self._labels, threshold))
         return out
+
+
+def md_detections(raw: Sequence[dict], labels: dict[str, str], threshold: float = 0.0) -> list[Detection]:
+    """MegaDetector's detections (`category` id, `conf`, normalised `bbox` [x, y, w, h]) as ours:
+    named categories only, boxes clipped to the frame, most confident first."""
+    dets = []
+    for d in raw:
+        category = labels.get(str(d.get("category")))
+        conf = float(d.get("conf", 0.0))
+        if category not in CATEGORIES or conf < threshold:
+            continue
+        x, y, w, h = (min(1.0, max(0.0, float(v))) for v in d["bbox"])
+        w, h = min(w, 1.0 - x), min(h, 1.0 - y)
+        if w > 0 and h > 0:
+            dets.append(Detection(category, conf, (x, y, w, h)))
+    return sorted(dets, key=lambda d: -d.conf)
+
+
+def _strict_truncated_images() -> None:
+    """MegaDetector's imports switch on Pillow's process-wide LOAD_TRUNCATED_IMAGES; taxoclip
+    reports a truncated photo as an error instead of decoding it half grey."""
+    from PIL import ImageFile
+
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def thresholds_of(metadata: dict | None) -> tuple[float, float]:
+    """(typical, conservative) detection thresholds from a detector's metadata (or a MegaDetector
+    file's `info.detector_metadata`); MegaDetector's defaults where it says nothing."""
+    m = {**MEGADETECTOR_METADATA, **{k: v for k, v in (metadata or {}).items() if isinstance(v, (int, float))}}
+    return float(m["typical_detection_threshold"]), float(m["conservative_detection_threshold"])
 
 
 # ----------------------------------------------------------------------------- registry
@@ -323,14 +373,18 @@ def megadetector_runtime() -> bool:
 
 
 def _load_megadetector(weights: str | None = None, device: str = "auto") -> MegaDetector:
+    if not _has_module("megadetector.detection.run_detector"):
+        raise InputError("the megadetector detector needs MegaDetector's runtime: pip install megadetector "
+                         "(then give its weights file: --detector-weights md_v5a.0.0.pt)")
     if not megadetector_runtime():
-        raise InputError("the megadetector detector needs its runtime: pip install megadetector "
-                         "(then give its weights file, e.g. --weights md_v5a.0.0.pt)")
+        raise InputError("MegaDetector's code is installed (megadetector-utils) but no YOLO library to run its "
+                         "weights with (yolov5, yolov9 or ultralytics): pip install megadetector")
     if not weights:
-        raise InputError("the megadetector detector needs a weights file (e.g. md_v5a.0.0.pt)")
+        raise InputError("the megadetector detector needs a weights file: --detector-weights md_v5a.0.0.pt "
+                         "(MegaDetector v5/v6, from its releases page)")
     if not Path(weights).expanduser().is_file():
         raise InputError(f"{weights}: no such MegaDetector weights file")
-    return MegaDetector(str(Path(weights).expanduser()), device=device)
+    return MegaDetector(weights, device=device)
 
 
 DETECTORS: dict[str, Callable[..., Detector]] = {

@@ -18,8 +18,9 @@ def register(sub) -> None:
     run.add_argument("--detector", default="yolox-tiny",
                      help="yolox-tiny (default: bundled, offline) or megadetector (with --detector-weights)")
     run.add_argument("--detector-weights", help="weights file for --detector megadetector")
-    run.add_argument("--detection-threshold", type=float, default=0.1,
-                     help="detections below this are not written (default 0.1)")
+    run.add_argument("--detection-threshold", type=float,
+                     help="detections below this are not written (default: the detector's conservative threshold, "
+                          "0.02 for yolox-tiny; MegaDetector's own for its weights, 0.05 for v5)")
     run.set_defaults(func=_run)
     cl = cs.add_parser("classify", help="classify the detections of a MegaDetector batch file")
     cl.add_argument("md_json", help="MegaDetector batch output (format 1.1-1.6)")
@@ -27,11 +28,17 @@ def register(sub) -> None:
     cl.set_defaults(func=_classify)
     for q in (run, cl):
         q.add_argument("--output", "-o", required=True, help="MegaDetector batch JSON 1.6 with classifications")
-        q.add_argument("--classify-threshold", type=float, default=0.2,
-                       help="animal detections at or above this are classified and count for the frame (default 0.2)")
+        q.add_argument("--classify-threshold", type=float,
+                       help="detections at or above this are classified and count for the frame (default: the "
+                            "detector's typical threshold: 0.05 for yolox-tiny, 0.2 for MegaDetector v5; for "
+                            "classify, the file's typical_detection_threshold, else 0.2)")
         q.add_argument("--crop-padding", type=float, default=0.05, help="square crop padding, share of the box side")
-        q.add_argument("--vocabulary", help="Tree-of-Life vocabulary instead of the model's own")
+        q.add_argument("--vocabulary", help="Tree-of-Life vocabulary instead of the model's own, e.g. prototypes "
+                                            "from `taxoclip prototypes build`")
         q.add_argument("--subset", help="CSV whose first column is named after a rank: classify only among those taxa")
+        q.add_argument("--cls", help="custom labels instead of taxa: comma-separated, or a file with one per line "
+                                     "(a box is answered by its best label when it reaches the species threshold)")
+        q.add_argument("--bins", help="CSV of label,bin: custom labels, each box answered by its best bin")
         q.add_argument("--camtrap-dp", metavar="DIR", help="also write a Camtrap DP 1.0 package here")
         q.add_argument("--dwc", metavar="FILE", help="also write Darwin Core occurrences (.csv, or .zip for an archive)")
         q.add_argument("--calibration", default="auto", help="auto (default), none or a calibration file")
@@ -40,11 +47,22 @@ def register(sub) -> None:
 
 
 def _classifier(args):
-    from ..classify import TreeOfLifeClassifier
+    from .. import classify
     from ..decide.calibration import load_calibration
+    from ..errors import InputError
+    from .predict import _bins, _classes
 
-    clf = TreeOfLifeClassifier(args.model, pretrained=args.pretrained, vocabulary=args.vocabulary,
-                               device=args.device, precision=args.precision)
+    common = dict(model=args.model, pretrained=args.pretrained, device=args.device, precision=args.precision)
+    if args.cls or args.bins:
+        if args.cls and args.bins:
+            raise InputError("--cls and --bins cannot be combined")
+        if args.vocabulary or args.subset or args.prior:
+            raise InputError("--cls/--bins choose custom labels, which have no taxa; they cannot be combined with "
+                             "--vocabulary, --subset or --prior")
+        if args.cls:
+            return classify.CustomLabelsClassifier(_classes(args.cls), **common)
+        return classify.CustomLabelsBinningClassifier(_bins(args.bins), **common)
+    clf = classify.TreeOfLifeClassifier(common.pop("model"), vocabulary=args.vocabulary, **common)
     if args.subset:
         clf.restrict(args.subset)
     cal = load_calibration(clf.model, args.calibration)
@@ -75,16 +93,18 @@ def _run(args: argparse.Namespace) -> int:
     frames, root = run_images(args.images, clf, detector, policy=policy, options=options,
                               detection_threshold=args.detection_threshold, context=context, events=args.events,
                               gap=args.event_gap)
-    detector_info = {"name": detector.name, "version": detector.version}
+    detector_info = {"name": detector.name, "version": detector.version, "metadata": detector.metadata}
     return _write(args, frames, root, clf, policy, detector_info)
 
 
 def _classify(args: argparse.Namespace) -> int:
     from ..camtrap import classify_md
+    from ..camtrap.mdjson import read_md_json
 
+    md = read_md_json(args.md_json, images_root=args.images)  # a file it cannot read stops before the model loads
     clf = _classifier(args)
     policy, options, context = _common(args)
-    frames, meta = classify_md(args.md_json, args.images, clf, policy=policy, options=options, context=context,
+    frames, meta = classify_md(md, args.images, clf, policy=policy, options=options, context=context,
                                events=args.events, gap=args.event_gap)
     info = meta.get("info", {}) if isinstance(meta, dict) else {}
     return _write(args, frames, args.images, clf, policy, {"name": info.get("detector", "unknown"),
@@ -96,7 +116,7 @@ def _write(args, frames, root, clf, policy, detector_info) -> int:
     from ..decide.provenance import model_identity, run_record, vocabulary_identity, write_beside
 
     classifier = {"model": model_identity(clf.model), "vocabulary": vocabulary_identity(clf.bank),
-                  "temperature": clf.temperature, "decision": policy.as_dict()}
+                  "temperature": getattr(clf, "temperature", 1.0), "decision": policy.as_dict()}
     write_md_json(frames, args.output, detector=detector_info, classifier=classifier)
     write_beside(args.output, run_record(**classifier, detector=detector_info, images=str(root)))
     if args.camtrap_dp:

@@ -14,7 +14,7 @@ import pyarrow as pa
 from ..taxonomy import Rank
 from .context import photo_context
 from .events import DEFAULT_GAP_S, assign_events, fuse
-from .rule import DECISION_COLUMNS, Policy, decide_table
+from .rule import DECISION_COLUMNS, Policy, decide_labels, decide_table
 from .scores import SEP, ScoresWriter, score_batch
 
 __all__ = ["decide_tables", "predict_decisions", "top_rows", "DEFAULT_CANDIDATES", "DEFAULT_GROUPS"]
@@ -24,21 +24,23 @@ DEFAULT_GROUPS = 5  # groups stored per photo at each higher rank
 
 
 def decide_tables(tables: Iterable[pa.Table], policy: Policy | None = None, *, events: bool = False,
-                  gap: float = DEFAULT_GAP_S) -> Iterator[tuple[pa.Table, pd.DataFrame]]:
+                  gap: float = DEFAULT_GAP_S, labels: bool = False) -> Iterator[tuple[pa.Table, pd.DataFrame]]:
     """(scores, decisions) per table; with `events`, once for all of them, each photo answered by
     its event (`event` column; source `event` where that differs from the photo's own answer).
+    `labels`: the tables hold custom labels (`scores.label_batch`), decided by `decide_labels`.
 
     The events' own rows are `decisions.attrs["events"]`."""
     policy = policy or Policy()
+    rule = decide_labels if labels else decide_table
     if not events:
         for t in tables:
-            yield t, decide_table(t, policy)
+            yield t, rule(t, policy)
         return
     t = pa.concat_tables(list(tables))
-    own = decide_table(t, policy)
+    own = rule(t, policy)
     ids = assign_events(t, gap)
     fused = fuse(t, ids)
-    per_event = decide_table(fused, policy).rename(columns={"file_name": "event"})
+    per_event = rule(fused, policy).rename(columns={"file_name": "event"})
     per_event.insert(1, "photos", pd.Series(ids[ids != ""]).value_counts().reindex(per_event["event"]).to_numpy())
     joined = pd.DataFrame({"event": ids}).merge(per_event.drop(columns=["error", "photos"]), on="event", how="left")
     out = own.copy()

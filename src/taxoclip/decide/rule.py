@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from ..errors import InputError
 from .scores import LEVELS, SEP
 
-__all__ = ["Thresholds", "DEFAULT_THRESHOLDS", "Policy", "decide_table", "DECISION_COLUMNS"]
+__all__ = ["Thresholds", "DEFAULT_THRESHOLDS", "Policy", "decide_table", "decide_labels", "DECISION_COLUMNS"]
 
 # Chosen on bio-mini's validation photos for taxoclip-mini (calibrated) over its 300K-taxon
 # vocabulary by `bench/bench_decisions.py`: per rank, the lowest threshold that keeps 95 %
@@ -287,5 +287,30 @@ def decide_table(table: pa.Table, policy: Policy | None = None) -> pd.DataFrame:
     if failed.any():
         out.loc[failed, ["prediction", "prediction_rank", "prediction_source"]] = ""
         out.loc[failed, "prediction_score"] = np.nan
+    out["error"] = errors
+    return out
+
+
+def decide_labels(table: pa.Table, policy: Policy | None = None) -> pd.DataFrame:
+    """Decision columns for a table of custom labels (`scores.label_batch`): labels have no ranks,
+    so the best label answers when it reaches the species threshold (or a per-taxon threshold
+    given for it at rank species), else there is no answer. A location prior needs taxa: refused."""
+    policy = policy or Policy()
+    if policy.prior is not None:
+        raise InputError("a location prior needs a Tree-of-Life vocabulary; custom labels have no taxa")
+    t = policy.thresholds
+    best = [(ks[0], float(ps[0])) if ks else ("", np.nan) for ks, ps in
+            zip(table.column("species").to_pylist(), table.column("species_p").to_pylist())]
+    sure = [bool(k) and p >= t.per_taxon.get(("species", k), t.per_rank["species"]) for k, p in best]
+    errors = table.column("error").to_pylist()
+    sure = [s and e is None for s, e in zip(sure, errors)]
+    out = pd.DataFrame({
+        "file_name": table.column("file_name").to_pylist(),
+        "prediction": [k if s else "" for (k, _), s in zip(best, sure)],
+        "prediction_rank": "",
+        "prediction_score": [p if s else np.nan for (_, p), s in zip(best, sure)],
+        "prediction_source": ["model" if s else ("" if e is not None else "none") for s, e in zip(sure, errors)],
+        "note": "",
+    })
     out["error"] = errors
     return out

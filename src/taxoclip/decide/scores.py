@@ -27,8 +27,8 @@ import pyarrow.parquet as pq
 from ..errors import InputError
 from ..taxonomy import RANKS, Rank
 
-__all__ = ["LEVELS", "SEP", "CONTEXT_COLUMNS", "score_schema", "score_batch", "ScoresWriter", "read_scores",
-           "ScoresFile"]
+__all__ = ["LEVELS", "SEP", "CONTEXT_COLUMNS", "score_schema", "score_batch", "label_batch", "ScoresWriter",
+           "read_scores", "ScoresFile"]
 
 SEP = ";"
 # decision order: deepest first
@@ -98,6 +98,25 @@ def score_batch(bank, names: Sequence[str], masses, errors: Mapping[int, str] | 
         for c in CONTEXT_COLUMNS:
             if c in context.columns:
                 cols[c] = [None if _missing(v) else v for v in context[c].tolist()]
+    return pa.Table.from_pydict(cols, schema=score_schema())
+
+
+def label_batch(names: Sequence[str], labels: Sequence[Sequence[str]], probs: Sequence[Sequence[float]],
+                errors: Mapping[int, str] | None = None) -> pa.Table:
+    """Score rows for custom labels, which have no ranks: each photo's labels and probabilities
+    (aligned with `names`; ignored where `errors` has the photo) go best first into the `species`
+    column, the higher ranks stay empty. `decide_labels` decides them; events fuse them like taxa."""
+    errors = errors or {}
+    cols: dict[str, list] = {c: [None] * len(names) for c in score_schema().names}
+    cols["file_name"] = list(names)
+    for i in range(len(names)):
+        if i in errors:
+            cols["error"][i] = errors[i]
+            continue
+        ks, ps = _sorted(list(labels[i]), np.asarray(probs[i], dtype=np.float64))
+        cols["species"][i], cols["species_p"][i], cols["common_name"][i] = ks, ps, [""] * len(ks)
+        for level in LEVELS[1:]:
+            cols[level][i], cols[f"{level}_p"][i] = [], []
     return pa.Table.from_pydict(cols, schema=score_schema())
 
 
