@@ -1,7 +1,9 @@
 """Finding images in what users type, decoding every kind of image file, and writing results."""
 import csv
 import json
+import struct
 import tarfile
+import zlib
 
 import numpy as np
 import pandas as pd
@@ -161,3 +163,176 @@ def test_parquet_jsonl_and_table_writers(tmp_path, capsys):
     table = capsys.readouterr().out
     assert "Puma concolor" in table and "error" not in table  # an all-empty error column is hidden
     assert format_for("x.parquet", None) == "parquet" and format_for(None, None) == "csv"
+
+
+# ----- giant images and the decode memory budget -----------------------------------------------
+def _structured(size=(612, 411), seed=0) -> Image.Image:
+    """A photo-like RGB image (gradients, texture, noise): PNG's adaptive filters use every filter type."""
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    rng = np.random.default_rng(seed)
+    arr = np.stack([xx / w * 255, yy / h * 255, (np.sin(xx / 37.0) * np.cos(yy / 23.0) + 1) * 127], -1)
+    return Image.fromarray(np.clip(arr + rng.normal(0, 8, arr.shape), 0, 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "P", "LA", "RGBA", "I;16"])
+def test_png_decoded_band_by_band_is_identical_to_a_full_decode(tmp_path, monkeypatch, mode):
+    from taxoclip.io import images
+
+    monkeypatch.setattr(images, "_PNG_BAND_BYTES", 20_000)  # many bands of a few rows each
+    img = _structured()
+    img = (img.quantize(200) if mode == "P" else
+           Image.fromarray((np.asarray(img.convert("L"), np.uint16) * 257)) if mode == "I;16" else img.convert(mode))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: the reduced image is turned upright too
+    img.save(tmp_path / "x.png", exif=exif)
+    with open(tmp_path / "x.png", "rb") as f:
+        lazy = images._open(f, None)
+        layout = images._png_layout(lazy)
+        assert layout is not None
+        banded = images._finish(lazy, images._Plan(3, 0, layout))
+    with open(tmp_path / "x.png", "rb") as f:
+        whole = images._finish(images._open(f, None), images._Plan(3, 0))
+    assert banded.size == (137, 204) and banded.mode == "RGB"
+    assert np.array_equal(np.asarray(banded), np.asarray(whole))
+    assert np.array_equal(np.asarray(banded), np.asarray(decode_image(tmp_path / "x.png").reduce(3)))
+
+
+def _png16(path, rgb: np.ndarray):
+    """A 16-bit colour PNG (Pillow cannot write one): filter-0 rows, one IDAT."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in rgb)
+    ihdr = struct.pack(">IIBBBBB", rgb.shape[1], rgb.shape[0], 16, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_png_layouts_without_an_exact_band_decoder_are_decoded_whole(tmp_path):
+    from taxoclip.io import images
+
+    # 16-bit colour: Pillow keeps 8 bits of each sample, and the row filters need all 16.
+    path = _png16(tmp_path / "rgb16.png", np.asarray(_structured()).astype(np.uint16) * 257)
+    with open(path, "rb") as f:
+        lazy = images._open(f, None)
+        assert images._png_layout(lazy) is None
+        reduced = images._finish(lazy, images._Plan(3, 0))
+    assert np.array_equal(np.asarray(reduced), np.asarray(decode_image(path).reduce(3)))
+
+
+def test_decode_budget_is_shared_and_refuses_what_never_fits():
+    import multiprocessing
+    import time as _time
+
+    from taxoclip.io.budget import DecodeBudget, OverBudget
+
+    budget = DecodeBudget(100)
+    ctx = multiprocessing.get_context("fork")
+    peak = ctx.RawValue("q", 0)
+
+    def worker(hold):
+        with budget.reserve(60):
+            peak.value = max(peak.value, budget.in_use)
+            _time.sleep(hold)
+
+    t = _time.perf_counter()
+    procs = [ctx.Process(target=worker, args=(0.3,)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    assert peak.value == 60 and _time.perf_counter() - t >= 0.6  # one after the other, never 120 at once
+    assert budget.in_use == 0
+    with budget.reserve(40), budget.reserve(60):  # both fit at once
+        assert budget.in_use == 100
+    with pytest.raises(OverBudget, match="more than the decode memory budget"):
+        with budget.reserve(101):
+            pass
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_giant_image_over_the_budget_is_one_error_row_under_it_is_decoded_reduced(tmp_path, monkeypatch, workers):
+    from taxoclip.io import images
+
+    # Scale the thresholds down so a 1200x900 TIFF (decoded whole, as PNG can't be banded) counts as giant.
+    monkeypatch.setattr(images, "SHRINK_MIN_PIXELS", 100_000)
+    monkeypatch.setattr(images, "RESERVE_MIN_BYTES", 2**20)
+    monkeypatch.setattr(images, "_SLACK_BYTES", 0)
+    big = tmp_path / "a_big.tif"
+    _structured((1200, 900)).save(big)
+    small = _jpeg(tmp_path / "b_small.jpg", size=(40, 30))
+    refs, _ = find_images([big, small])
+    pre = ImagePreprocess(size=32)
+
+    over = list(ImageLoader(refs, pre, batch_size=2, workers=workers, max_decode_memory="2MB"))[0]
+    assert over.errors == {0: "needs ~4 MB to decode, more than the decode memory budget of 2 MB; "
+                              "raise --max-decode-memory"}
+    assert over.ok == [1]  # the other photo of the batch is unaffected
+
+    fits = list(ImageLoader(refs, pre, batch_size=2, workers=workers, max_decode_memory="64MB"))[0]
+    assert fits.errors == {} and fits.ok == [0, 1]
+    full = pre(decode_image(big))  # full decode + resize: what the reduced decode must stay close to
+    diff = (fits.pixels[0] - full).abs()
+    assert diff.mean() < 0.05 and diff.max() < 0.3
+
+
+def test_big_jpeg_is_drafted_even_when_decoding_faithfully(tmp_path, monkeypatch):
+    from taxoclip.io import images
+
+    monkeypatch.setattr(images, "SHRINK_MIN_PIXELS", 1_000_000)
+    monkeypatch.setattr(images, "RESERVE_MIN_BYTES", 2**20)
+    path = tmp_path / "big.jpg"
+    _structured((2400, 1800)).save(path, quality=95)
+    with open(path, "rb") as f:
+        img = images._open(f, None)
+        plan = images._plan(img, 32, 1, float("inf"))
+        assert img.size == (300, 225) and plan.factor == 1  # 1/8-scale DCT decoding (>= 4x the input), no more
+    pre = ImagePreprocess(size=32)
+    x = list(ImageLoader(find_images([path])[0], pre, batch_size=1, workers=0, draft=False))[0].pixels[0]
+    assert (x - pre(decode_image(path))).abs().mean() < 0.05
+
+
+def test_memory_sizes_read_as_people_write_them():
+    from taxoclip.io.budget import format_bytes, parse_bytes
+
+    assert parse_bytes("4GB") == 4 * 2**30 and parse_bytes("500MB") == 500 * 2**20
+    assert parse_bytes("1.5g") == int(1.5 * 2**30) and parse_bytes("2GiB") == 2 * 2**30 and parse_bytes(1000) == 1000
+    for bad in ("lots", "4 parsecs", "0", "-1GB"):
+        with pytest.raises(ValueError):
+            parse_bytes(bad)
+    assert format_bytes(1.25 * 2**30) == "1.2 GB" and format_bytes(300 * 2**20) == "300 MB"
+
+
+@pytest.mark.slow
+def test_predict_over_giant_pngs_stays_within_memory(tmp_path, tiny_model_dir):
+    """`taxoclip predict --workers 2` over three 200 MP PNGs and six photos, in batches that make both
+    workers meet a giant at once: two 16-bit colour PNGs (decoded whole, ~0.8 GB each: the 1.5 GB
+    budget lets one decode at a time) and one 8-bit (decoded band by band). The process tree stays
+    under 2.5 GB (the code before peaked at 2.85 GB here, 6.5 GB on bench_giant_images.py), and
+    every photo gets its row."""
+    import importlib.util
+    import os
+    import sys
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_giant_images", Path(__file__).resolve().parents[1] / "bench" / "bench_giant_images.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    bench.write_flat_png(folder / "0_giant16.png", 16000, 12500, seed=0, depth=16)
+    bench.write_flat_png(folder / "3_giant16.png", 16000, 12500, seed=1, depth=16)
+    bench.write_flat_png(folder / "6_giant.png", 16000, 12500, seed=2)
+    for i in (1, 2, 4, 5, 7, 8):
+        _jpeg(folder / f"{i}_photo.jpg", size=(500, 375), color=(25 * i, 90, 40))
+    out = tmp_path / "out.csv"
+    cmd = [sys.executable, "-m", "taxoclip", "predict", str(folder), "--model", str(tiny_model_dir), "--cls",
+           "fox,wolf,oak", "--workers", "2", "--batch-size", "3", "--max-decode-memory", "1.5GB", "--output", str(out)]
+    r = bench.run_tree(cmd, {**os.environ, "HF_HUB_OFFLINE": "1"}, interval=0.2, kill_above_gb=6)
+    assert r["rc"] == 0, r["stderr"][-2000:]
+    st = bench.statuses(out)
+    assert len(st) == 9 and all(v.startswith("ok") for v in st.values()), st
+    assert r["peak_gb"] < 2.5, f"process tree peaked at {r['peak_gb']:.2f} GB"
