@@ -167,7 +167,7 @@ def test_parquet_jsonl_and_table_writers(tmp_path, capsys):
 
 # ----- giant images and the decode memory budget -----------------------------------------------
 def _structured(size=(612, 411), seed=0) -> Image.Image:
-    """A photo-like RGB image (gradients, texture, noise): PNG's adaptive filters use every filter type."""
+    """A photo-like RGB image (gradients, texture, noise): PNG's adaptive filters use several filter types."""
     w, h = size
     yy, xx = np.mgrid[0:h, 0:w]
     rng = np.random.default_rng(seed)
@@ -175,26 +175,29 @@ def _structured(size=(612, 411), seed=0) -> Image.Image:
     return Image.fromarray(np.clip(arr + rng.normal(0, 8, arr.shape), 0, 255).astype(np.uint8))
 
 
-@pytest.mark.parametrize("mode", ["RGB", "L", "P", "LA", "RGBA", "I;16"])
-def test_png_decoded_band_by_band_is_identical_to_a_full_decode(tmp_path, monkeypatch, mode):
-    from taxoclip.io import images
+def test_this_pillow_decodes_png_band_by_band():
+    """Fails when a Pillow release changes the row decoder `pngbands` relies on (giant PNGs then
+    fall back to a whole decode under the budget: correct, but 30x the memory)."""
+    from taxoclip.io import pngbands
 
-    monkeypatch.setattr(images, "_PNG_BAND_BYTES", 20_000)  # many bands of a few rows each
+    assert pngbands.supported()
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "P", "LA", "RGBA", "I;16"])
+def test_giant_png_decoded_band_by_band_is_identical_to_a_full_decode_reduced(tmp_path, giant_at_100k_pixels,
+                                                                               monkeypatch, mode):
+    from taxoclip.io import pngbands
+
     img = _structured()
     img = (img.quantize(200) if mode == "P" else
            Image.fromarray((np.asarray(img.convert("L"), np.uint16) * 257)) if mode == "I;16" else img.convert(mode))
     exif = Image.Exif()
     exif[0x0112] = 6  # rotated: the reduced image is turned upright too
     img.save(tmp_path / "x.png", exif=exif)
-    with open(tmp_path / "x.png", "rb") as f:
-        lazy = images._open(f, None)
-        layout = images._png_layout(lazy)
-        assert layout is not None
-        banded = images._finish(lazy, images._Plan(3, 0, layout))
-    with open(tmp_path / "x.png", "rb") as f:
-        whole = images._finish(images._open(f, None), images._Plan(3, 0))
-    assert banded.size == (137, 204) and banded.mode == "RGB"
-    assert np.array_equal(np.asarray(banded), np.asarray(whole))
+    used = []
+    monkeypatch.setattr(pngbands, "bands", lambda *a, _bands=pngbands.bands: used.append(1) or _bands(*a))
+    banded = giant_at_100k_pixels.decode_bounded(tmp_path / "x.png", 34)  # 411 // (4 * 34) = reduced 3x
+    assert used and banded.size == (137, 204) and banded.mode == "RGB"
     assert np.array_equal(np.asarray(banded), np.asarray(decode_image(tmp_path / "x.png").reduce(3)))
 
 
@@ -210,57 +213,58 @@ def _png16(path, rgb: np.ndarray):
     return path
 
 
-def test_png_layouts_without_an_exact_band_decoder_are_decoded_whole(tmp_path):
-    from taxoclip.io import images
+def test_png_layouts_without_an_exact_band_decoder_are_decoded_whole_then_reduced(tmp_path, giant_at_100k_pixels):
+    from taxoclip.io import pngbands
 
     # 16-bit colour: Pillow keeps 8 bits of each sample, and the row filters need all 16.
     path = _png16(tmp_path / "rgb16.png", np.asarray(_structured()).astype(np.uint16) * 257)
     with open(path, "rb") as f:
-        lazy = images._open(f, None)
-        assert images._png_layout(lazy) is None
-        reduced = images._finish(lazy, images._Plan(3, 0))
+        assert pngbands.layout(f) is None
+    reduced = giant_at_100k_pixels.decode_bounded(path, 34)
     assert np.array_equal(np.asarray(reduced), np.asarray(decode_image(path).reduce(3)))
 
 
-def test_decode_budget_is_shared_and_refuses_what_never_fits():
+def test_a_truncated_giant_png_is_an_error_not_a_crash(tmp_path, giant_at_100k_pixels):
+    path = tmp_path / "cut.png"
+    _structured().save(path)
+    path.write_bytes(path.read_bytes()[:-4000])
+    with pytest.raises(InputError, match=f"{path}: cannot decode image"):
+        giant_at_100k_pixels.decode_bounded(path, 34)
+
+
+def test_decode_budget_makes_a_request_wait_for_what_others_hold():
+    """No timing: the parent holds 60 of 100 bytes while a child asks for 60; the child can only get
+    them after the parent lets go, so what it sees reserved once granted is its own 60, never 120."""
     import multiprocessing
-    import time as _time
 
     from taxoclip.io.budget import DecodeBudget, OverBudget
 
     budget = DecodeBudget(100)
     ctx = multiprocessing.get_context("fork")
-    peak = ctx.RawValue("q", 0)
+    asking, seen = ctx.Event(), ctx.RawValue("q", -1)
 
-    def worker(hold):
+    def child():
+        asking.set()
         with budget.reserve(60):
-            peak.value = max(peak.value, budget.in_use)
-            _time.sleep(hold)
+            seen.value = budget.in_use
 
-    t = _time.perf_counter()
-    procs = [ctx.Process(target=worker, args=(0.3,)) for _ in range(2)]
-    for p in procs:
+    with budget.reserve(60):
+        p = ctx.Process(target=child)
         p.start()
-    for p in procs:
-        p.join()
-    assert peak.value == 60 and _time.perf_counter() - t >= 0.6  # one after the other, never 120 at once
-    assert budget.in_use == 0
+        assert asking.wait(30)
+    p.join(30)
+    assert p.exitcode == 0 and seen.value == 60 and budget.in_use == 0
     with budget.reserve(40), budget.reserve(60):  # both fit at once
         assert budget.in_use == 100
-    with pytest.raises(OverBudget, match="more than the decode memory budget"):
+    with pytest.raises(OverBudget, match="more than the budget"):
         with budget.reserve(101):
             pass
 
 
 @pytest.mark.parametrize("workers", [0, 1])
-def test_giant_image_over_the_budget_is_one_error_row_under_it_is_decoded_reduced(tmp_path, monkeypatch, workers):
-    from taxoclip.io import images
-
-    # Scale the thresholds down so a 1200x900 TIFF (decoded whole, as PNG can't be banded) counts as giant.
-    monkeypatch.setattr(images, "SHRINK_MIN_PIXELS", 100_000)
-    monkeypatch.setattr(images, "RESERVE_MIN_BYTES", 2**20)
-    monkeypatch.setattr(images, "_SLACK_BYTES", 0)
-    big = tmp_path / "a_big.tif"
+def test_giant_image_over_the_budget_is_one_error_row_under_it_is_decoded_reduced(tmp_path, giant_at_100k_pixels,
+                                                                                   workers):
+    big = tmp_path / "a_big.tif"  # decoded whole (no band decoder for TIFF): its bytes are reserved
     _structured((1200, 900)).save(big)
     small = _jpeg(tmp_path / "b_small.jpg", size=(40, 30))
     refs, _ = find_images([big, small])
@@ -279,19 +283,28 @@ def test_giant_image_over_the_budget_is_one_error_row_under_it_is_decoded_reduce
 
 
 def test_big_jpeg_is_drafted_even_when_decoding_faithfully(tmp_path, monkeypatch):
-    from taxoclip.io import images
+    from taxoclip.io import decode
 
-    monkeypatch.setattr(images, "SHRINK_MIN_PIXELS", 1_000_000)
-    monkeypatch.setattr(images, "RESERVE_MIN_BYTES", 2**20)
+    monkeypatch.setattr(decode, "SHRINK_MIN_PIXELS", 1_000_000)
+    monkeypatch.setattr(decode, "RESERVE_MIN_BYTES", 2**20)
     path = tmp_path / "big.jpg"
     _structured((2400, 1800)).save(path, quality=95)
-    with open(path, "rb") as f:
-        img = images._open(f, None)
-        plan = images._plan(img, 32, 1, float("inf"))
-        assert img.size == (300, 225) and plan.factor == 1  # 1/8-scale DCT decoding (>= 4x the input), no more
+    assert decode.decode_bounded(path, 32, draft=False).size == (300, 225)  # 1/8-scale DCT decoding, >= 4x 32 px
+    assert decode.decode_bounded(path, 32, draft=False, budget=None).size == (300, 225)
     pre = ImagePreprocess(size=32)
     x = list(ImageLoader(find_images([path])[0], pre, batch_size=1, workers=0, draft=False))[0].pixels[0]
     assert (x - pre(decode_image(path))).abs().mean() < 0.05
+
+
+def test_ordinary_photos_decode_exactly_as_before(tmp_path):
+    from taxoclip.io.decode import decode_bounded
+
+    path = tmp_path / "photo.png"
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    _structured().save(path, exif=exif)
+    assert decode_bounded(path, 224).size == (411, 612)
+    assert np.array_equal(np.asarray(decode_bounded(path, 224)), np.asarray(decode_image(path)))
 
 
 def test_memory_sizes_read_as_people_write_them():
@@ -299,7 +312,7 @@ def test_memory_sizes_read_as_people_write_them():
 
     assert parse_bytes("4GB") == 4 * 2**30 and parse_bytes("500MB") == 500 * 2**20
     assert parse_bytes("1.5g") == int(1.5 * 2**30) and parse_bytes("2GiB") == 2 * 2**30 and parse_bytes(1000) == 1000
-    for bad in ("lots", "4 parsecs", "0", "-1GB"):
+    for bad in ("lots", "4 parsecs", "0", "-1GB", ""):
         with pytest.raises(ValueError):
             parse_bytes(bad)
     assert format_bytes(1.25 * 2**30) == "1.2 GB" and format_bytes(300 * 2**20) == "300 MB"

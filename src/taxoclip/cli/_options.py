@@ -25,6 +25,12 @@ def byte_size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def add_decode_memory_option(g, refused: str) -> None:
+    g.add_argument("--max-decode-memory", type=byte_size, default=None, metavar="SIZE",
+                   help="memory all decoding workers together may spend on giant images, e.g. 4GB or 500MB "
+                        f"(default: half of the memory available at start); {refused}")
+
+
 def add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default="taxoclip-mini",
@@ -45,9 +51,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--workers", type=int, default=None,
                    help="image decoding processes (default: one per spare core, at most 4 when the model runs on the CPU, "
                         "32 on a GPU; 0 decodes in the main process)")
-    g.add_argument("--max-decode-memory", type=byte_size, default=None, metavar="SIZE",
-                   help="memory all decoding workers together may spend on big images, e.g. 4GB or 500MB (default: "
-                        "half of the memory available at start); a photo that needs more becomes an error row")
+    add_decode_memory_option(g, "a photo that needs more becomes an error row")
     g.add_argument("--compile", default="auto", choices=["auto", "yes", "no"],
                    help="compile the image tower: auto (default) does so for runs of 2,000+ images")
     g.add_argument("--output", "-o", default="stdout", help="output file (default: standard output)")

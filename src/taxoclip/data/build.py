@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..errors import InputError, TaxoclipError
+from ..io.budget import DecodeBudget, default_budget
 from ..taxonomy import captions
 from .align import Aligner, load_backbone
 from .catalog import REPORTS, write_catalog, write_report
@@ -93,6 +94,9 @@ class BuildOptions:
     progress: bool | None = None  # None: a bar when stderr is a terminal
     overwrite: bool = False
     fetch: dict = field(default_factory=dict)  # keyword arguments of `fetch.fetch_all`
+    # Bytes the workers together may spend decoding giant images (default: half the memory
+    # available at start). Only an image that can never fit it changes the output: an error record.
+    max_decode_memory: int | None = None
 
 
 def sample_uuid(data_source: str, source_id: str, md5: str) -> str:
@@ -269,8 +273,9 @@ class _Builder:
                    for name, state in self.stream_states.items()}
         pending: dict[int, tuple[Record, _Outcome | None]] = {}
         since = 0
+        budget = DecodeBudget(self.options.max_decode_memory or default_budget())  # before the workers fork
         with ordered_map(process_batch, workers=self.workers, initializer=init_worker,
-                         initargs=(config.image, thumbs, config.aligned)) as pool, \
+                         initargs=(config.image, thumbs, config.aligned, budget)) as pool, \
                 self._progress(initial=self.cursor, desc="building") as bar:
             try:
                 jobs = self._jobs(pending)
