@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import sys
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Callable, Iterable, Iterator, TypeVar
+
+from ..orphans import die_with_parent
 
 __all__ = ["ordered_map", "default_workers"]
 
@@ -32,16 +33,7 @@ def _noop() -> None:
 def _die_with_parent(parent: int, initializer: Callable | None, *initargs) -> None:
     """Worker start: exit when the parent dies (a killed build would otherwise leave its workers
     waiting forever on a queue no one writes to), then the caller's initializer."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        try:
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-        if os.getppid() != parent:  # the parent died before the call
-            os._exit(1)
+    die_with_parent(parent)
     if initializer is not None:
         initializer(*initargs)
 

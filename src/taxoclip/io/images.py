@@ -10,6 +10,7 @@ processes while the model runs, under one decode memory budget the workers share
 from __future__ import annotations
 
 import csv
+import functools
 import glob
 import io
 import os
@@ -20,6 +21,7 @@ from typing import IO, Iterable, Iterator, Sequence
 from PIL import Image
 
 from ..errors import InputError
+from ..orphans import die_with_parent
 from .budget import DecodeBudget, default_budget, parse_bytes
 from .decode import decode_bounded, decode_image
 
@@ -222,9 +224,10 @@ def _collate(items):
     return [i for i, _ in ok], pixels, {i: err for i, _, err in items if err is not None}
 
 
-def _worker_init(_):
+def _worker_init(parent: int, _worker_id: int) -> None:
     import torch
 
+    die_with_parent(parent)  # at once when predict is killed, not at torch's next 5 s check
     torch.set_num_threads(1)
 
 
@@ -256,7 +259,8 @@ class ImageLoader:
             # stopped worker still held carries over.
             self._dataset.budget = DecodeBudget(self.max_decode_memory)
             loader = DataLoader(self._dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.workers,
-                                collate_fn=_collate, worker_init_fn=_worker_init if self.workers else None,
+                                collate_fn=_collate,
+                                worker_init_fn=functools.partial(_worker_init, os.getpid()) if self.workers else None,
                                 prefetch_factor=2 if self.workers else None,
                                 multiprocessing_context="fork" if self.workers and os.name == "posix" else None)
             self._iter = iter(loader)
