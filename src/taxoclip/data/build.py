@@ -20,7 +20,6 @@ images are on disk, and the final statistics are computed by streaming the catal
 """
 from __future__ import annotations
 
-import errno
 import itertools
 import json
 import logging
@@ -33,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from ..durable import DiskFull, is_disk_full
 from ..errors import InputError, TaxoclipError
 from ..io.budget import DecodeBudget, default_budget
 from ..taxonomy import captions
@@ -142,13 +142,15 @@ def build(inputs: Iterable[str | os.PathLike], out: str | os.PathLike, *, exclud
         return json.loads((out / "stats.json").read_text())
     _check_output_folder(out, work)
     work.begin(identity)
+    builder = _Builder(inputs, exclude, out, work, identity, config, options)
     try:
-        _Builder(inputs, exclude, out, work, identity, config, options).run()
-    except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise TaxoclipError(f"no space left on the device while writing {out} ({e.filename or e}); free some "
-                                "space and re-run the same command: it continues from the last checkpoint") from None
-        raise
+        builder.run()
+    except Exception as e:
+        if not is_disk_full(e):
+            raise
+        where = getattr(e, "path", None) or getattr(e, "filename", None) or out
+        raise DiskFull(where, builder.kept_on_failure(),
+                       "free some space and re-run the same command: it continues from there") from None
     return json.loads((out / "stats.json").read_text())
 
 
@@ -247,9 +249,23 @@ class _Builder:
             try:
                 self.kept.rewind(self.cursor)
                 self._process()
-            finally:
-                self.kept.close()
+            except BaseException:
+                self.kept.abandon()
+                raise
+            self.kept.close()
         self._finalize()
+
+    def kept_on_failure(self) -> str:
+        """What a stopped build leaves for the next run of the same command to continue from."""
+        parts = list(self.work.parts())
+        shards = sum(1 for p in self.out.glob("*/shard-*.tar") if p.is_file())
+        if not parts:
+            return f"{shards} finished shards, no checkpoint yet (a re-run starts from the first record)"
+        last = parts[-1]
+        if last.get("done"):
+            return f"all {shards} shards and the build's checkpoint (only the catalog, reports and stats.json remain)"
+        return (f"{shards} finished shards and the checkpoint after record {last['cursor']:,} "
+                f"({last['counts'].get('written', 0):,} images written)")
 
     def _progress(self, total=None, initial=0, desc=""):
         from tqdm import tqdm
