@@ -91,12 +91,13 @@ def _read_list(path: str) -> list[str]:
     ext = os.path.splitext(path)[1].lower()
     if ext in (".csv", ".tsv") or "," in lines[0] or "\t" in lines[0]:
         dialect = "excel-tab" if ext == ".tsv" or "\t" in lines[0] else "excel"
-        rows = list(csv.DictReader(lines, dialect=dialect))
-        cols = {c.strip().lower(): c for c in (rows[0].keys() if rows else csv.DictReader(lines).fieldnames or [])}
+        reader = csv.DictReader(lines, dialect=dialect)
+        cols = {c.strip().lower(): c for c in reader.fieldnames or []}
         key = next((cols[c] for c in ("filepath", "file_path", "path", "file_name", "filename") if c in cols), None)
         if key is None:
             raise InputError(f"{path}: no 'filepath' column (columns: {', '.join(cols.values())})")
-        entries = [r[key].strip() for r in rows if r.get(key, "").strip()]
+        entries = [(r.get(key) or "").strip() for r in reader]  # a short row has None for missing cells
+        entries = [e for e in entries if e]
     else:
         entries = [line.strip() for line in lines]
     return [e if os.path.isabs(e) or os.path.exists(e) else os.path.join(base, e) for e in entries]
