@@ -127,6 +127,13 @@ def test_loader_keeps_order_and_turns_bad_files_into_errors(tmp_path, workers):
     assert red == sorted(red)  # order kept: g0..g4 get redder
 
 
+def test_an_empty_photo_is_an_error_row_that_says_so(tmp_path):
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    refs, _ = find_images([tmp_path / "empty.jpg", _jpeg(tmp_path / "ok.jpg")])
+    batch = next(iter(ImageLoader(refs, ImagePreprocess(size=32), batch_size=2, workers=0)))
+    assert batch.errors == {0: "empty file"} and batch.ok == [1]
+
+
 def test_squash_preprocess_matches_pybioclip():
     from torchvision import transforms
 

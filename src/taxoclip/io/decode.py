@@ -146,6 +146,8 @@ def _decode_bounded(src: Source, size: int | None, budget: DecodeBudget | None, 
 def _opened(src) -> Iterator[IO[bytes]]:
     """A seekable binary file for `src` (a path is opened and closed here; a given file is not closed)."""
     if isinstance(src, (bytes, bytearray, memoryview)):
+        if not src:
+            raise Unreadable("empty file")
         yield io.BytesIO(src)
     elif isinstance(src, (str, os.PathLike)):
         if os.path.isfile(src) and os.path.getsize(src) == 0:
@@ -153,7 +155,20 @@ def _opened(src) -> Iterator[IO[bytes]]:
         with _reasons(), open(src, "rb") as fp:
             yield fp
     else:
+        if _is_empty(src):
+            raise Unreadable("empty file")
         yield src
+
+
+def _is_empty(fp: IO[bytes]) -> bool:
+    """Nothing left to read in a seekable file (a zero-byte photo, tar member or upload)."""
+    try:
+        pos = fp.tell()
+        end = fp.seek(0, os.SEEK_END)
+        fp.seek(pos)
+    except (AttributeError, OSError, ValueError):
+        return False
+    return end == pos
 
 
 def _open(fp: IO[bytes], draft: tuple[int, int] | None) -> Image.Image:
