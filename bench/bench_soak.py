@@ -98,13 +98,14 @@ def make_photos(folder: Path, n: int, corrupt_every: int = 100, variants: int = 
 
 def run_sampled(cmd: list[str], env: dict, out: Path, interval: float = 1.0) -> dict:
     """Run `cmd`; every `interval` s the RSS of its process tree and the rows it has written to `out`
-    (CSV rows reach the file as they come): {"samples": [(seconds, rows, bytes)], "wall", "rc", "stderr"}."""
+    (CSV rows reach the file as they come): {"samples": [(seconds, rows, tree bytes, main process bytes)],
+    "wall", "rc", "stderr"}."""
     import psutil
 
     t0 = time.perf_counter()
     err = tempfile.TemporaryFile()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
-    samples: list[tuple[float, int, int]] = []
+    samples: list[tuple[float, int, int, int]] = []
     stop = threading.Event()
 
     def sample() -> None:
@@ -112,7 +113,8 @@ def run_sampled(cmd: list[str], env: dict, out: Path, interval: float = 1.0) -> 
         rows, offset = 0, 0
         while not stop.is_set():
             try:
-                rss = sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+                main_rss = root.memory_info().rss
+                rss = main_rss + sum(p.memory_info().rss for p in root.children(recursive=True))
             except psutil.Error:
                 rss = None
             if out.exists():
@@ -121,7 +123,7 @@ def run_sampled(cmd: list[str], env: dict, out: Path, interval: float = 1.0) -> 
                     chunk = f.read()
                 rows, offset = rows + chunk.count(b"\n"), offset + len(chunk)
             if rss is not None:
-                samples.append((time.perf_counter() - t0, rows, rss))
+                samples.append((time.perf_counter() - t0, rows, rss, main_rss))
             stop.wait(interval)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -134,14 +136,12 @@ def run_sampled(cmd: list[str], env: dict, out: Path, interval: float = 1.0) -> 
     return {"samples": samples, "wall": wall, "rc": proc.returncode, "stderr": err.read().decode(errors="replace")}
 
 
-def quartiles(samples: list[tuple[float, int, int]], n: int) -> tuple[float, float, float, float]:
-    """(median RSS while the first quarter of the photos was being written, while the last quarter
-    was, peak, seconds before the first row) in GB: start-up (loading the model) is left out."""
-    first = [r for _, rows, r in samples if 0 < rows <= n / 4] or [0]
-    last = [r for _, rows, r in samples if rows >= 3 * n / 4] or [0]
-    peak = max((r for _, _, r in samples), default=0)
-    start = next((t for t, rows, _ in samples if rows > 0), float("nan"))
-    return statistics.median(first) / 2**30, statistics.median(last) / 2**30, peak / 2**30, start
+def quartiles(samples: list[tuple[float, int, int, int]], n: int, column: int = 2) -> tuple[float, float]:
+    """Median RSS (GB; `column` 2: the tree, 3: the main process) while the first quarter of the
+    photos was being written, and while the last quarter was: start-up (the model loading) is left out."""
+    first = [s[column] for s in samples if 0 < s[1] <= n / 4] or [0]
+    last = [s[column] for s in samples if s[1] >= 3 * n / 4] or [0]
+    return statistics.median(first) / 2**30, statistics.median(last) / 2**30
 
 
 def error_rows(path: Path) -> tuple[int, dict[str, str]]:
@@ -162,6 +162,7 @@ def main() -> int:
     ap.add_argument("--model", default="taxoclip-mini")
     ap.add_argument("--workers", type=int, default=None, help="passed to predict (default: its own)")
     ap.add_argument("--work", help="scratch folder (default: a temporary one, removed after)")
+    ap.add_argument("--samples", help="write the memory samples here (CSV: seconds, rows, tree_rss, main_rss)")
     args = ap.parse_args()
 
     import shutil
@@ -181,12 +182,19 @@ def main() -> int:
         env = {**os.environ, "HF_HUB_OFFLINE": "1",
                "TAXOCLIP_CACHE": os.environ.get("TAXOCLIP_CACHE", str(work / "cache"))}
         r = run_sampled(cmd, env, out)
-        first, last, peak, start = quartiles(r["samples"], n)
+        first, last = quartiles(r["samples"], n)
+        main_first, main_last = quartiles(r["samples"], n, column=3)
+        peak = max((s[2] for s in r["samples"]), default=0) / 2**30
+        start = next((s[0] for s in r["samples"] if s[1] > 0), float("nan"))
+        if args.samples:
+            with open(args.samples, "w") as f:
+                f.write("seconds,rows,tree_rss,main_rss\n" + "".join(",".join(map(str, s)) + "\n" for s in r["samples"]))
         rows, errors = error_rows(out) if out.exists() else (0, {})
         wrong = sorted(set(errors) ^ {str(folder / k) for k in corrupt})
         print(f"predict: exit {r['rc']} | {r['wall']:.0f} s ({start:.0f} s to the first row), "
               f"{n / (r['wall'] - start):.1f} photos/s after it | tree RSS first quartile "
-              f"{first:.2f} GB, last quartile {last:.2f} GB ({last - first:+.2f}), peak {peak:.2f} GB "
+              f"{first:.2f} GB, last quartile {last:.2f} GB ({last - first:+.2f}; main process {main_first:.2f} -> "
+              f"{main_last:.2f}), peak {peak:.2f} GB "
               f"({len(r['samples'])} samples) | rows for {rows}/{n} photos | error rows {len(errors)}, "
               f"corrupt files {len(corrupt)}")
         for reason in sorted(set(errors.values())):

@@ -57,7 +57,7 @@ def decode_image(src: Source, *, draft: tuple[int, int] | None = None) -> Image.
     """
     try:
         return _decode(src, draft)
-    except Unreadable as e:
+    except _Unreadable as e:
         raise _input_error(src, e) from None
 
 
@@ -73,15 +73,15 @@ def decode_bounded(src: Source, size: int | None, *, budget: DecodeBudget | None
     """
     try:
         return _decode_bounded(src, size, budget, draft, preprocess)
-    except Unreadable as e:
+    except _Unreadable as e:
         raise _input_error(src, e) from None
 
 
-class Unreadable(Exception):
+class _Unreadable(Exception):
     """Why an image cannot be decoded, without naming it (loaders put it in the error column)."""
 
 
-class _OverBudget(Unreadable):
+class _OverBudget(_Unreadable):
     pass
 
 
@@ -97,19 +97,19 @@ def _input_error(src, e: Exception) -> InputError:
 
 @contextlib.contextmanager
 def _reasons() -> Iterator[None]:
-    """Whatever opening or decoding raises -> `Unreadable` with a reason people read."""
+    """Whatever opening or decoding raises -> `_Unreadable` with a reason people read."""
     try:
         yield
     except FileNotFoundError:
-        raise Unreadable("file not found") from None
+        raise _Unreadable("file not found") from None
     except IsADirectoryError:
-        raise Unreadable("is a directory") from None
+        raise _Unreadable("is a directory") from None
     except PermissionError:
-        raise Unreadable("permission denied") from None
+        raise _Unreadable("permission denied") from None
     except UnidentifiedImageError:
-        raise Unreadable("not an image (or a format Pillow cannot read)") from None
+        raise _Unreadable("not an image (or a format Pillow cannot read)") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise Unreadable(f"cannot decode image ({e})") from None
+        raise _Unreadable(f"cannot decode image ({e})") from None
 
 
 def _decode(src: Source, draft: tuple[int, int] | None) -> Image.Image:
@@ -147,16 +147,16 @@ def _opened(src) -> Iterator[IO[bytes]]:
     """A seekable binary file for `src` (a path is opened and closed here; a given file is not closed)."""
     if isinstance(src, (bytes, bytearray, memoryview)):
         if not src:
-            raise Unreadable("empty file")
+            raise _Unreadable("empty file")
         yield io.BytesIO(src)
     elif isinstance(src, (str, os.PathLike)):
         if os.path.isfile(src) and os.path.getsize(src) == 0:
-            raise Unreadable("empty file")
+            raise _Unreadable("empty file")
         with _reasons(), open(src, "rb") as fp:
             yield fp
     else:
         if _is_empty(src):
-            raise Unreadable("empty file")
+            raise _Unreadable("empty file")
         yield src
 
 
@@ -188,7 +188,7 @@ class _Plan:
 
 def _plan(img: Image.Image, fp: IO[bytes], size: int | None, pre_bpp: int, limit: float) -> _Plan:
     """How to decode `img` (header read only) for `size` px within `limit` bytes. May switch a
-    big JPEG to DCT-scaled decoding. Raises `Unreadable` when even the frugal path needs more."""
+    big JPEG to DCT-scaled decoding. Raises `_Unreadable` when even the frugal path needs more."""
     w, h = img.size
     full = w * h * (_bytes_per_pixel(img.mode) + _conversion_bytes_per_pixel(img.mode) + pre_bpp) + _SLACK_BYTES
     factor = max(1, min(w, h) // (SHRINK_MARGIN * size)) if size else 1
