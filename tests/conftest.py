@@ -77,3 +77,15 @@ def images(request) -> list[bytes]:
     except pytest.skip.Exception:
         root = None
     return tiny_jpegs(12, root)
+
+
+@pytest.fixture
+def giant_at_100k_pixels(monkeypatch):
+    """Thresholds scaled down so that images of a few hundred kilopixels count as giant."""
+    from taxoclip.io import decode
+
+    monkeypatch.setattr(decode, "SHRINK_MIN_PIXELS", 100_000)
+    monkeypatch.setattr(decode, "RESERVE_MIN_BYTES", 0)
+    monkeypatch.setattr(decode, "_SLACK_BYTES", 0)
+    monkeypatch.setattr(decode, "_BAND_BYTES", 20_000)  # many bands of a few rows each
+    return decode

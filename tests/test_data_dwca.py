@@ -230,7 +230,7 @@ def test_core_is_streamed_not_loaded(tmp_path):
     ("missing_file", "occurrence.txt: named in the archive but missing"),
     ("no_id", "has no <coreid"),
     ("bad_encoding", "unknown encoding 'klingon'"),
-    ("bad_index", "bad index"),
+    ("bad_index", "not a whole number"),
 ])
 def test_malformed_archives_name_the_file(tmp_path, case, message):
     terms = [DWC + "occurrenceID", DWC + "scientificName"]

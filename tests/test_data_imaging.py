@@ -146,3 +146,15 @@ def test_the_same_scene_with_another_subject_is_not_a_copy():
     corr, renditions = aligned_correlation(fine, thumbs.stored[[7]], thumbs.params)
     assert corr[0] >= thumbs.params.accept and local_residual(fine, renditions[0]) > thumbs.params.local
     assert thumbs.match(retrieval_descriptor(scene), fine) is None
+
+
+def test_giant_images_are_reduced_within_the_decode_budget_or_rejected_saying_so(giant_at_100k_pixels):
+    from taxoclip.io.budget import DecodeBudget
+
+    buf = io.BytesIO()
+    photo(1, (2400, 1800)).save(buf, "TIFF")  # decoded whole (TIFF has no band decoder): its bytes are reserved
+    spec = ImageSpec(size=64, min_side=64)
+    with pytest.raises(Rejected, match="needs ~17 MB to decode, more than the decode memory budget of 8 MB"):
+        decode(buf.getvalue(), spec, DecodeBudget(8 * 2**20))
+    img, size = decode(buf.getvalue(), spec, DecodeBudget(64 * 2**20))
+    assert size == (2400, 1800) and img.size == (800, 600)  # reduced 3x: still >= 4 x 128 (the fingerprint side)

@@ -1,7 +1,9 @@
 """Finding images in what users type, decoding every kind of image file, and writing results."""
 import csv
 import json
+import struct
 import tarfile
+import zlib
 
 import numpy as np
 import pandas as pd
@@ -125,6 +127,13 @@ def test_loader_keeps_order_and_turns_bad_files_into_errors(tmp_path, workers):
     assert red == sorted(red)  # order kept: g0..g4 get redder
 
 
+def test_an_empty_photo_is_an_error_row_that_says_so(tmp_path):
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    refs, _ = find_images([tmp_path / "empty.jpg", _jpeg(tmp_path / "ok.jpg")])
+    batch = next(iter(ImageLoader(refs, ImagePreprocess(size=32), batch_size=2, workers=0)))
+    assert batch.errors == {0: "empty file"} and batch.ok == [1]
+
+
 def test_squash_preprocess_matches_pybioclip():
     from torchvision import transforms
 
@@ -161,3 +170,189 @@ def test_parquet_jsonl_and_table_writers(tmp_path, capsys):
     table = capsys.readouterr().out
     assert "Puma concolor" in table and "error" not in table  # an all-empty error column is hidden
     assert format_for("x.parquet", None) == "parquet" and format_for(None, None) == "csv"
+
+
+# ----- giant images and the decode memory budget -----------------------------------------------
+def _structured(size=(612, 411), seed=0) -> Image.Image:
+    """A photo-like RGB image (gradients, texture, noise): PNG's adaptive filters use several filter types."""
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    rng = np.random.default_rng(seed)
+    arr = np.stack([xx / w * 255, yy / h * 255, (np.sin(xx / 37.0) * np.cos(yy / 23.0) + 1) * 127], -1)
+    return Image.fromarray(np.clip(arr + rng.normal(0, 8, arr.shape), 0, 255).astype(np.uint8))
+
+
+def test_this_pillow_decodes_png_band_by_band():
+    """Fails when a Pillow release changes the row decoder `pngbands` relies on (giant PNGs then
+    fall back to a whole decode under the budget: correct, but 30x the memory)."""
+    from taxoclip.io import pngbands
+
+    assert pngbands.supported()
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "P", "LA", "RGBA", "I;16"])
+def test_giant_png_decoded_band_by_band_is_identical_to_a_full_decode_reduced(tmp_path, giant_at_100k_pixels,
+                                                                               monkeypatch, mode):
+    from taxoclip.io import pngbands
+
+    img = _structured()
+    img = (img.quantize(200) if mode == "P" else
+           Image.fromarray((np.asarray(img.convert("L"), np.uint16) * 257)) if mode == "I;16" else img.convert(mode))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: the reduced image is turned upright too
+    img.save(tmp_path / "x.png", exif=exif)
+    used = []
+    monkeypatch.setattr(pngbands, "bands", lambda *a, _bands=pngbands.bands: used.append(1) or _bands(*a))
+    banded = giant_at_100k_pixels.decode_bounded(tmp_path / "x.png", 34)  # 411 // (4 * 34) = reduced 3x
+    assert used and banded.size == (137, 204) and banded.mode == "RGB"
+    assert np.array_equal(np.asarray(banded), np.asarray(decode_image(tmp_path / "x.png").reduce(3)))
+
+
+def _png16(path, rgb: np.ndarray):
+    """A 16-bit colour PNG (Pillow cannot write one): filter-0 rows, one IDAT."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in rgb)
+    ihdr = struct.pack(">IIBBBBB", rgb.shape[1], rgb.shape[0], 16, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_png_layouts_without_an_exact_band_decoder_are_decoded_whole_then_reduced(tmp_path, giant_at_100k_pixels):
+    from taxoclip.io import pngbands
+
+    # 16-bit colour: Pillow keeps 8 bits of each sample, and the row filters need all 16.
+    path = _png16(tmp_path / "rgb16.png", np.asarray(_structured()).astype(np.uint16) * 257)
+    with open(path, "rb") as f:
+        assert pngbands.layout(f) is None
+    reduced = giant_at_100k_pixels.decode_bounded(path, 34)
+    assert np.array_equal(np.asarray(reduced), np.asarray(decode_image(path).reduce(3)))
+
+
+def test_a_truncated_giant_png_is_an_error_not_a_crash(tmp_path, giant_at_100k_pixels):
+    path = tmp_path / "cut.png"
+    _structured().save(path)
+    path.write_bytes(path.read_bytes()[:-4000])
+    with pytest.raises(InputError, match=f"{path}: cannot decode image"):
+        giant_at_100k_pixels.decode_bounded(path, 34)
+
+
+def test_decode_budget_makes_a_request_wait_for_what_others_hold():
+    """No timing: the parent holds 60 of 100 bytes while a child asks for 60; the child can only get
+    them after the parent lets go, so what it sees reserved once granted is its own 60, never 120."""
+    import multiprocessing
+
+    from taxoclip.io.budget import DecodeBudget, OverBudget
+
+    budget = DecodeBudget(100)
+    ctx = multiprocessing.get_context("fork")
+    asking, seen = ctx.Event(), ctx.RawValue("q", -1)
+
+    def child():
+        asking.set()
+        with budget.reserve(60):
+            seen.value = budget.in_use
+
+    with budget.reserve(60):
+        p = ctx.Process(target=child)
+        p.start()
+        assert asking.wait(30)
+    p.join(30)
+    assert p.exitcode == 0 and seen.value == 60 and budget.in_use == 0
+    with budget.reserve(40), budget.reserve(60):  # both fit at once
+        assert budget.in_use == 100
+    with pytest.raises(OverBudget, match="more than the budget"):
+        with budget.reserve(101):
+            pass
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_giant_image_over_the_budget_is_one_error_row_under_it_is_decoded_reduced(tmp_path, giant_at_100k_pixels,
+                                                                                   workers):
+    big = tmp_path / "a_big.tif"  # decoded whole (no band decoder for TIFF): its bytes are reserved
+    _structured((1200, 900)).save(big)
+    small = _jpeg(tmp_path / "b_small.jpg", size=(40, 30))
+    refs, _ = find_images([big, small])
+    pre = ImagePreprocess(size=32)
+
+    over = list(ImageLoader(refs, pre, batch_size=2, workers=workers, max_decode_memory="2MB"))[0]
+    assert over.errors == {0: "needs ~4 MB to decode, more than the decode memory budget of 2 MB; "
+                              "raise --max-decode-memory"}
+    assert over.ok == [1]  # the other photo of the batch is unaffected
+
+    fits = list(ImageLoader(refs, pre, batch_size=2, workers=workers, max_decode_memory="64MB"))[0]
+    assert fits.errors == {} and fits.ok == [0, 1]
+    full = pre(decode_image(big))  # full decode + resize: what the reduced decode must stay close to
+    diff = (fits.pixels[0] - full).abs()
+    assert diff.mean() < 0.05 and diff.max() < 0.3
+
+
+def test_big_jpeg_is_drafted_even_when_decoding_faithfully(tmp_path, monkeypatch):
+    from taxoclip.io import decode
+
+    monkeypatch.setattr(decode, "SHRINK_MIN_PIXELS", 1_000_000)
+    monkeypatch.setattr(decode, "RESERVE_MIN_BYTES", 2**20)
+    path = tmp_path / "big.jpg"
+    _structured((2400, 1800)).save(path, quality=95)
+    assert decode.decode_bounded(path, 32, draft=False).size == (300, 225)  # 1/8-scale DCT decoding, >= 4x 32 px
+    assert decode.decode_bounded(path, 32, draft=False, budget=None).size == (300, 225)
+    pre = ImagePreprocess(size=32)
+    x = list(ImageLoader(find_images([path])[0], pre, batch_size=1, workers=0, draft=False))[0].pixels[0]
+    assert (x - pre(decode_image(path))).abs().mean() < 0.05
+
+
+def test_ordinary_photos_decode_exactly_as_before(tmp_path):
+    from taxoclip.io.decode import decode_bounded
+
+    path = tmp_path / "photo.png"
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    _structured().save(path, exif=exif)
+    assert decode_bounded(path, 224).size == (411, 612)
+    assert np.array_equal(np.asarray(decode_bounded(path, 224)), np.asarray(decode_image(path)))
+
+
+def test_memory_sizes_read_as_people_write_them():
+    from taxoclip.io.budget import format_bytes, parse_bytes
+
+    assert parse_bytes("4GB") == 4 * 2**30 and parse_bytes("500MB") == 500 * 2**20
+    assert parse_bytes("1.5g") == int(1.5 * 2**30) and parse_bytes("2GiB") == 2 * 2**30 and parse_bytes(1000) == 1000
+    for bad in ("lots", "4 parsecs", "0", "-1GB", ""):
+        with pytest.raises(ValueError):
+            parse_bytes(bad)
+    assert format_bytes(1.25 * 2**30) == "1.2 GB" and format_bytes(300 * 2**20) == "300 MB"
+
+
+@pytest.mark.slow
+def test_predict_over_giant_pngs_stays_within_memory(tmp_path, tiny_model_dir):
+    """`taxoclip predict --workers 2` over three 200 MP PNGs and six photos, in batches that make both
+    workers meet a giant at once: two 16-bit colour PNGs (decoded whole, ~0.8 GB each: the 1.5 GB
+    budget lets one decode at a time) and one 8-bit (decoded band by band). The process tree stays
+    under 2.5 GB (the code before peaked at 2.85 GB here, 6.5 GB on bench_giant_images.py), and
+    every photo gets its row."""
+    import importlib.util
+    import os
+    import sys
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_giant_images", Path(__file__).resolve().parents[1] / "bench" / "bench_giant_images.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    bench.write_flat_png(folder / "0_giant16.png", 16000, 12500, seed=0, depth=16)
+    bench.write_flat_png(folder / "3_giant16.png", 16000, 12500, seed=1, depth=16)
+    bench.write_flat_png(folder / "6_giant.png", 16000, 12500, seed=2)
+    for i in (1, 2, 4, 5, 7, 8):
+        _jpeg(folder / f"{i}_photo.jpg", size=(500, 375), color=(25 * i, 90, 40))
+    out = tmp_path / "out.csv"
+    cmd = [sys.executable, "-m", "taxoclip", "predict", str(folder), "--model", str(tiny_model_dir), "--cls",
+           "fox,wolf,oak", "--workers", "2", "--batch-size", "3", "--max-decode-memory", "1.5GB", "--output", str(out)]
+    r = bench.run_tree(cmd, {**os.environ, "HF_HUB_OFFLINE": "1"}, interval=0.2, kill_above_gb=6)
+    assert r["rc"] == 0, r["stderr"][-2000:]
+    st = bench.statuses(out)
+    assert len(st) == 9 and all(v.startswith("ok") for v in st.values()), st
+    assert r["peak_gb"] < 2.5, f"process tree peaked at {r['peak_gb']:.2f} GB"

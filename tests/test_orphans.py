@@ -2,9 +2,9 @@
 
 Each command runs in its own process group. Once its workers are up, only the main process is
 killed (as the OOM killer or `kill -9` would); within 10 s nothing of that run may be alive:
-neither a process seen as its descendant nor any process left in its group. Data-build
-workers exit through PR_SET_PDEATHSIG (`taxoclip.data.parallel`); the torch DataLoader
-workers of `predict` and `train` through torch's watchdog, which checks the parent every 5 s.
+neither a process seen as its descendant nor any process left in its group. Every worker asks
+the kernel for SIGKILL when its parent dies (PR_SET_PDEATHSIG, `taxoclip.orphans`); the fast
+tests below read that setting back from inside each kind of worker.
 """
 from __future__ import annotations
 
@@ -16,10 +16,50 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 psutil = pytest.importorskip("psutil")
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 
-pytestmark = pytest.mark.slow
+
+def parent_death_signal(*_) -> int:
+    """The signal this process gets when its parent dies (0: none), as the kernel holds it."""
+    import ctypes
+
+    value = ctypes.c_int(-1)
+    ctypes.CDLL(None, use_errno=True).prctl(2, ctypes.byref(value))  # PR_GET_PDEATHSIG
+    return value.value
+
+
+@linux_only
+def test_predict_decode_workers_ask_to_die_with_their_parent(tmp_path):
+    from helpers import make_photos
+
+    from taxoclip.io import ImageLoader, find_images
+
+    refs, _ = find_images(make_photos(tmp_path, n=4))
+    asked = lambda img: torch.tensor([parent_death_signal()])  # noqa: E731  (run in the worker)
+    batches = list(ImageLoader(refs, asked, batch_size=2, workers=2))
+    assert [b.pixels.tolist() for b in batches] == [[[signal.SIGKILL]] * 2] * 2
+
+
+@linux_only
+def test_train_data_workers_ask_to_die_with_their_parent():
+    from taxoclip.train.data import Loader
+
+    class Asks(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            yield parent_death_signal()
+
+    assert sorted(Loader(Asks(), workers=2)._loader) == [signal.SIGKILL, signal.SIGKILL]
+
+
+@linux_only
+def test_data_build_workers_ask_to_die_with_their_parent():
+    from taxoclip.data.parallel import ordered_map
+
+    with ordered_map(parent_death_signal, workers=2) as pool:
+        assert list(pool(range(4))) == [signal.SIGKILL] * 4
 
 
 def _alive(p: psutil.Process) -> bool:
@@ -87,6 +127,7 @@ def kill_main_and_watch(cmd: list[str], workers: int, *, cwd: Path, start_timeou
 TAXOCLIP = [sys.executable, "-m", "taxoclip"]
 
 
+@pytest.mark.slow
 def test_predict_decode_workers_die_with_predict(tmp_path, tiny_model_dir):
     from helpers import make_photos
 
@@ -97,6 +138,7 @@ def test_predict_decode_workers_die_with_predict(tmp_path, tiny_model_dir):
                         workers=2, cwd=tmp_path)
 
 
+@pytest.mark.slow
 def test_data_build_workers_die_with_the_build(tmp_path):
     from data_helpers import write_shard_set
     from test_data_build import BUILD_CMD
@@ -106,6 +148,7 @@ def test_data_build_workers_die_with_the_build(tmp_path):
                         workers=2, cwd=tmp_path)
 
 
+@pytest.mark.slow
 def test_train_data_workers_die_with_train(tmp_path):
     from test_train_resume import COMMON
 

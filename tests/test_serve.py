@@ -249,3 +249,19 @@ def test_batcher_counts_photos_and_refuses_beyond_its_queue():
     b.start()
     assert (f1.result(10), f2.result(10)) == (2, 1) and sum(ran) >= 2 and b.depth == 0
     b.stop()
+
+
+def test_an_upload_too_big_for_the_decode_budget_is_refused_413_and_one_that_fits_is_decoded(giant_at_100k_pixels):
+    from taxoclip.io.budget import DecodeBudget
+    from taxoclip.models import ImagePreprocess
+    from taxoclip.serve.uploads import UploadRejected, decode_upload
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.effect_noise((1200, 900), 60).convert("RGB").save(buf, "TIFF")  # decoded whole, under a reservation
+    pre, limits = ImagePreprocess(size=32), UploadLimits()
+    with pytest.raises(UploadRejected, match="scan.tif: needs ~4 MB to decode, more than the decode memory budget") as e:
+        decode_upload("scan.tif", buf.getvalue(), pre, limits, budget=DecodeBudget(2 * 2**20))
+    assert e.value.status == 413
+    assert decode_upload("scan.tif", buf.getvalue(), pre, limits, budget=DecodeBudget(64 * 2**20)).shape == (3, 32, 32)

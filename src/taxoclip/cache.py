@@ -51,9 +51,10 @@ def cache_entry(kind: str, key: str) -> Iterator[tuple[Path, Path | None]]:
     if (final / "DONE").exists():
         yield final, None
         return
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
+    tmp = None
     try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
         yield final, tmp
         (tmp / "DONE").write_text("")
         try:
@@ -62,6 +63,13 @@ def cache_entry(kind: str, key: str) -> Iterator[tuple[Path, Path | None]]:
             if not (final / "DONE").exists():
                 shutil.rmtree(final, ignore_errors=True)
                 os.rename(tmp, final)
+    except Exception as e:
+        from .durable import DiskFull, is_disk_full
+
+        if not is_disk_full(e) or (isinstance(e, DiskFull) and not e.path.startswith(str(final.parent))):
+            raise
+        raise DiskFull(final, "the cache as it was (entries are only ever whole)",
+                       "free some space, or set TAXOCLIP_CACHE to a disk with room, and re-run the same command") from None
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -352,18 +352,20 @@ def embed_images(images: Images, model: str | ClipModel = DEFAULT_MODEL, *, norm
 
 
 def start_loader(inputs: Iterable, *, model: str = DEFAULT_MODEL, pretrained: str | None = None, device: str = "auto",
-                 precision: str = "auto", batch_size: int | None = None,
-                 workers: int | None = None) -> tuple[ImageLoader | None, list[str]]:
+                 precision: str = "auto", batch_size: int | None = None, workers: int | None = None,
+                 max_decode_memory: int | str | None = None) -> tuple[ImageLoader | None, list[str]]:
     """Find the images and start decoding them before the model is loaded (front ends call this
     first, so the first batches are ready when the weights are). Returns (loader or None when
-    there is nothing to read, one message per input that held no image)."""
+    there is nothing to read, one message per input that held no image). `max_decode_memory`
+    bounds what the decoding workers together spend on big images (default: half the free memory)."""
     refs, problems = find_images(inputs)
     if not refs:
         return None, problems
     source = resolve(model, pretrained)
     preprocess = ImagePreprocess.from_config(source.preprocess_cfg)
     dev = resolve_device(device)
-    loader = _image_loader(refs, preprocess, dev, resolve_precision(precision, dev), batch_size, workers, source.card)
+    loader = _image_loader(refs, preprocess, dev, resolve_precision(precision, dev), batch_size, workers, source.card,
+                           max_decode_memory)
     return loader.start(), problems
 
 
@@ -375,13 +377,14 @@ def _batch_size(card, device: torch.device) -> int:
 
 
 def _image_loader(refs: Sequence[ImageRef], preprocess, device: torch.device, dtype: torch.dtype,
-                  batch_size: int | None, workers: int | None, card=None) -> ImageLoader:
+                  batch_size: int | None, workers: int | None, card=None,
+                  max_decode_memory: int | str | None = None) -> ImageLoader:
     """The loader for a model on `device` in `dtype`: batch size and decoding workers suit the device;
     JPEG draft decoding belongs to the reduced-precision path (fp32 stays faithful to pybioclip), or
     to models whose card asks for it (small inputs, where full-size decoding would dominate)."""
     return ImageLoader(refs, preprocess, batch_size=batch_size or _batch_size(card, device),
                        workers=default_workers(accelerator=device.type != "cpu") if workers is None else workers,
-                       draft=draft_decoding(card, dtype))
+                       draft=draft_decoding(card, dtype), max_decode_memory=max_decode_memory)
 
 
 def draft_decoding(card, dtype: torch.dtype) -> bool:

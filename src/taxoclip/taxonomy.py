@@ -12,11 +12,17 @@ import re
 from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from .errors import InputError
+
 __all__ = [
     "Rank", "RANKS", "Taxon", "TEXT_TYPES", "CAPTION_FILES", "render_caption", "captions",
     "OPENAI_TEMPLATES", "BIOCLIP_TEMPLATES", "TEMPLATE_SETS", "apply_templates",
-    "parse_lineage", "normalize_kingdom",
+    "parse_lineage", "normalize_kingdom", "TaxonError",
 ]
+
+
+class TaxonError(InputError):
+    """A rank name, lineage, rank list or record that does not describe a taxon (a ValueError too)."""
 
 
 class Rank(enum.IntEnum):
@@ -45,12 +51,12 @@ class Rank(enum.IntEnum):
         """Accept a Rank, its value, or its name in any case; a clear error otherwise."""
         if isinstance(value, Rank):
             return value
-        if isinstance(value, int):
+        if isinstance(value, int) and 0 <= value < len(cls):
             return cls(value)
         key = str(value).strip().upper()
         if key in cls.__members__:
             return cls[key]
-        raise ValueError(f"unknown rank {value!r}; expected one of {', '.join(r.label for r in cls)}")
+        raise TaxonError(f"unknown rank {value!r}; expected one of {', '.join(r.label for r in cls)}")
 
 
 RANKS: tuple[str, ...] = tuple(r.label for r in Rank)
@@ -182,9 +188,13 @@ class Taxon:
     @classmethod
     def from_ranks(cls, ranks: Sequence[str], common: str = "") -> "Taxon":
         """Seven values, kingdom … epithet (a binomial in the last slot is accepted)."""
+        if not isinstance(ranks, (list, tuple)) or any(isinstance(v, (list, tuple, dict, set)) for v in ranks):
+            raise TaxonError(f"expected 7 rank names (kingdom … species), got {ranks!r}")
+        if isinstance(common, (list, tuple, dict, set)):
+            raise TaxonError(f"expected a common name, got {common!r}")
         vals = [_clean(v) for v in ranks]
         if len(vals) != 7:
-            raise ValueError(f"expected 7 rank values (kingdom … species), got {len(vals)}: {list(ranks)!r}")
+            raise TaxonError(f"expected 7 rank values (kingdom … species), got {len(vals)}: {list(ranks)!r}")
         genus, epithet = _split_species(vals[5], vals[6])
         return cls(*vals[:5], genus, epithet, common)
 
@@ -194,7 +204,7 @@ class Taxon:
         try:
             ranks, common = entry
         except (TypeError, ValueError):
-            raise ValueError(f"not a vocabulary entry [[7 ranks], common name]: {entry!r}") from None
+            raise TaxonError(f"not a vocabulary entry [[7 ranks], common name]: {entry!r}") from None
         return cls.from_ranks(ranks, common or "")
 
     def to_tol_entry(self) -> list:
@@ -262,7 +272,7 @@ def _split_species(genus: str, species: str, binomial: bool | None = None) -> tu
     first, rest = words[0], words[1:]
     epithet = " ".join(rest[:2] if rest[0] in ("×", "x") and len(rest) > 1 else rest[:1]).lower()
     if genus and first.lower() != genus.lower():
-        raise ValueError(f"species {species!r} is not in genus {genus!r}")
+        raise TaxonError(f"species {species!r} is not in genus {genus!r}")
     return genus or first.capitalize(), epithet
 
 
@@ -287,7 +297,7 @@ def parse_lineage(text: str) -> Taxon:
     if parts and _ID.match(parts[0]) and len(parts) - 1 in _LINEAGE_LAYOUTS:
         parts = parts[1:]
     if len(parts) not in _LINEAGE_LAYOUTS:
-        raise ValueError(
+        raise TaxonError(
             f"cannot read lineage {text!r}: expected 6 (SpeciesNet), 7 or 8 ';'-separated fields, "
             f"optionally after an id, got {len(parts)}")
     slots, has_common = _LINEAGE_LAYOUTS[len(parts)]
@@ -324,13 +334,13 @@ def render_caption(taxon: Taxon, text_type: str) -> str:
     try:
         return _CAPTIONS[text_type](taxon)
     except KeyError:
-        raise ValueError(f"unknown text type {text_type!r}; expected one of {', '.join(_CAPTIONS)}") from None
+        raise TaxonError(f"unknown text type {text_type!r}; expected one of {', '.join(_CAPTIONS)}") from None
 
 
 def captions(taxon: Taxon) -> dict[str, str]:
     """All ten caption files of a TreeOfLife sample, keyed by file name (`sci.txt`, …)."""
     if taxon.empty:
-        raise ValueError("cannot caption a taxon with no ranks")
+        raise TaxonError("cannot caption a taxon with no ranks")
     return {f"{k}.txt": fn(taxon) for k, fn in _CAPTIONS.items()}
 
 
@@ -377,6 +387,6 @@ def apply_templates(text: str, templates: Iterable[str] | str = "openai") -> lis
     """Fill each template with `text`; `templates` is a set name or a list of "{}" strings."""
     if isinstance(templates, str):
         if templates not in TEMPLATE_SETS:
-            raise ValueError(f"unknown template set {templates!r}; expected one of {', '.join(TEMPLATE_SETS.keys())}")
+            raise TaxonError(f"unknown template set {templates!r}; expected one of {', '.join(TEMPLATE_SETS.keys())}")
         templates = TEMPLATE_SETS[templates]
     return [t.format(text) for t in templates]

@@ -37,7 +37,7 @@ from .taxonomy import RANKS, Rank, Taxon, apply_templates
 if TYPE_CHECKING:
     from .models import ClipModel
 
-__all__ = ["TextBank", "RANK_COLUMNS", "TAXA_COLUMNS", "VocabularyError", "read_subset_csv"]
+__all__ = ["TextBank", "RANK_COLUMNS", "TAXA_COLUMNS", "VocabularyError", "read_subset_csv", "read_bins_csv"]
 
 log = logging.getLogger(__name__)
 
@@ -541,18 +541,33 @@ def _check_k(k: int, n: int) -> int:
     return min(int(k), n)
 
 
+def _read_csv(path: str | os.PathLike, what: str) -> pd.DataFrame:
+    """A user's CSV as text cells; `VocabularyError` naming it for anything unreadable."""
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except UnicodeDecodeError as e:
+        raise VocabularyError(f"cannot read {what} {path}: not UTF-8 text (byte {e.start})") from None
+    except (OSError, ValueError) as e:  # pandas' ParserError and EmptyDataError are ValueErrors
+        raise VocabularyError(f"cannot read {what} {path}: {' '.join(str(e).split())}") from None
+
+
 def read_subset_csv(path: str | os.PathLike) -> tuple[Rank, list[str]]:
     """(rank, values) from a CSV whose first column is named after a rank (pybioclip's `--subset`)."""
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        raise VocabularyError(f"cannot read subset file {path}: {e}") from None
+    df = _read_csv(path, "subset file")
     if df.shape[1] == 0:
         raise VocabularyError(f"subset file {path} has no columns")
     first = str(df.columns[0]).strip().lower()
     if first not in RANKS:
         raise VocabularyError(f"the first column of {path} is named {df.columns[0]!r} but must be one of {', '.join(RANKS)}")
     return Rank.parse(first), df.iloc[:, 0].tolist()
+
+
+def read_bins_csv(path: str | os.PathLike) -> dict[str, str]:
+    """label -> bin from a CSV whose first two columns are a label and its bin (pybioclip's `--bins`)."""
+    df = _read_csv(path, "bins file")
+    if df.shape[1] < 2:
+        raise VocabularyError(f"bins file {path} needs two columns (label, bin); it has {df.shape[1]}")
+    return dict(zip(df.iloc[:, 0], df.iloc[:, 1]))
 
 
 def _pread_into(fd: int, buf: memoryview, offset: int) -> None:
@@ -596,9 +611,11 @@ def _read_taxa(taxa) -> list[Taxon]:
     if isinstance(taxa, (str, os.PathLike)):
         path = Path(taxa)
         try:
-            df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, dtype=str, keep_default_na=False)
+            df = pd.read_parquet(path) if path.suffix == ".parquet" else _read_csv(path, "taxa table")
+        except VocabularyError:
+            raise
         except (OSError, ValueError) as e:
-            raise VocabularyError(f"cannot read taxa table {path}: {e}") from None
+            raise VocabularyError(f"cannot read taxa table {path}: {' '.join(str(e).split())}") from None
         where = str(path)
     elif isinstance(taxa, pd.DataFrame):
         df, where = taxa, "taxa table"
@@ -711,13 +728,29 @@ def _convert_compact(emb_path: Path, taxa_path: Path, out: Path, dtype: torch.dt
         _write_bank(out, torch.nn.functional.normalize(q.float() * scales[:, None], dim=1), table, dtype)
 
 
+def _published_entries(names, path: Path) -> list[tuple[str, ...]]:
+    """`txt_emb_species.json` as (7 ranks, common name) tuples of text; a clear error for anything else."""
+    if not isinstance(names, list):
+        raise VocabularyError(f"{path}: expected a list of [[7 ranks], common name] entries, got {type(names).__name__}")
+    out = []
+    for i, entry in enumerate(names):
+        ranks, common = entry if isinstance(entry, (list, tuple)) and len(entry) == 2 else (None, None)
+        if not (isinstance(ranks, (list, tuple)) and len(ranks) == 7 and isinstance(common, (str, type(None)))
+                and all(isinstance(r, (str, type(None))) for r in ranks)):
+            raise VocabularyError(f"{path}: entry {i} is not [[7 rank names], common name]: {str(entry)[:80]!r}")
+        out.append(tuple(r or "" for r in ranks) + (common or "",))
+    return out
+
+
 def _convert_published(npy: Path, names_path: Path, out: Path, dtype: torch.dtype) -> None:
     """[D, N] float32 .npy -> row-major [N', D] `dtype` without the all-zero columns.
 
     Reads with pread into a small buffer, so the 2.7 GB source never enters our RSS.
     """
     try:
-        names = json.loads(names_path.read_text(encoding="utf-8"))
+        names = _published_entries(json.loads(names_path.read_text(encoding="utf-8")), names_path)
+    except VocabularyError:
+        raise
     except (OSError, ValueError) as e:
         raise VocabularyError(f"cannot read vocabulary names {names_path}: {e}") from None
     with open(npy, "rb") as fh:
@@ -758,7 +791,7 @@ def _convert_published(npy: Path, names_path: Path, out: Path, dtype: torch.dtyp
     finally:
         os.close(fd)
     idx = np.flatnonzero(keep_all)
-    cols = list(zip(*[tuple(names[i][0]) + (names[i][1] or "",) for i in idx])) if len(idx) else [[]] * 8
+    cols = list(zip(*[names[i] for i in idx])) if len(idx) else [[]] * 8
     table = pd.DataFrame({c: pd.Series(v, dtype=object).fillna("") for c, v in zip(TAXA_COLUMNS, cols)})
     table["source_index"] = idx.astype(np.int64)
     table.to_parquet(out / "taxa.parquet", index=False)

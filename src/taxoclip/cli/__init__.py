@@ -58,6 +58,14 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `taxoclip predict … | head`
         sys.stderr.close()
         return 0
+    except OSError as e:  # a full disk that no writer of ours met first (standard output on a full disk)
+        from ..durable import is_disk_full
+
+        if not is_disk_full(e):
+            raise
+        print(f"taxoclip {args.command}: error: no space left on the device writing "
+              f"{e.filename or 'the output'}; free some space and re-run the same command", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -16,6 +16,21 @@ def positive_int(text: str) -> int:
     return value
 
 
+def byte_size(text: str) -> int:
+    from ..io.budget import parse_bytes  # imported only when the option is given
+
+    try:
+        return parse_bytes(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_decode_memory_option(g, refused: str) -> None:
+    g.add_argument("--max-decode-memory", type=byte_size, default=None, metavar="SIZE",
+                   help="memory all decoding workers together may spend on giant images, e.g. 4GB or 500MB "
+                        f"(default: half of the memory available at start); {refused}")
+
+
 def add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default="taxoclip-mini",
@@ -36,6 +51,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--workers", type=int, default=None,
                    help="image decoding processes (default: one per spare core, at most 4 when the model runs on the CPU, "
                         "32 on a GPU; 0 decodes in the main process)")
+    add_decode_memory_option(g, "a photo that needs more becomes an error row")
     g.add_argument("--compile", default="auto", choices=["auto", "yes", "no"],
                    help="compile the image tower: auto (default) does so for runs of 2,000+ images")
     g.add_argument("--output", "-o", default="stdout", help="output file (default: standard output)")
@@ -52,7 +68,8 @@ def start_loader(args: argparse.Namespace, command: str):
 
     loader, problems = classify.start_loader(args.image_file, model=args.model, pretrained=args.pretrained,
                                              device=args.device, precision=args.precision,
-                                             batch_size=args.batch_size, workers=args.workers)
+                                             batch_size=args.batch_size, workers=args.workers,
+                                             max_decode_memory=args.max_decode_memory)
     for p in problems:
         print(f"taxoclip {command}: {p}", file=sys.stderr)
     return loader, problems

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._options import add_engine_options
+from ._options import add_decode_memory_option, add_engine_options
 
 
 def _positive(text: str) -> int:
@@ -69,6 +69,7 @@ def register(sub) -> None:
     out.add_argument("--overwrite", action="store_true", help="discard a previous or unfinished build in --out")
     run_ = b.add_argument_group("running")
     run_.add_argument("--workers", type=_non_negative, help="worker processes (default: one per core; 0: none)")
+    add_decode_memory_option(run_, "an image that needs more becomes an error record")
     run_.add_argument("--checkpoint-every", type=_positive, default=2000,
                       help="records between checkpoints (default 2000)")
     run_.add_argument("--concurrency", type=_positive, default=16, help="HTTP downloads in flight (default 16)")
@@ -121,7 +122,7 @@ def _build(args: argparse.Namespace) -> int:
     if args.allow_private_addresses:
         fetch["allow_private_addresses"] = True
     options = BuildOptions(workers=args.workers, checkpoint_every=args.checkpoint_every, progress=args.progress,
-                           overwrite=args.overwrite, fetch=fetch)
+                           overwrite=args.overwrite, fetch=fetch, max_decode_memory=args.max_decode_memory)
     if args.engine == "ray" or args.address:
         from ._options import confine_private_ray
         from ..scale.ray_engine import RayOrderedMap, ray_session

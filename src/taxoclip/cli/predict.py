@@ -45,24 +45,11 @@ def _classes(arg: str) -> list[str]:
     return [c.strip() for c in arg.split(",") if c.strip()]
 
 
-def _bins(path: str) -> dict[str, str]:
-    import pandas as pd
-
-    from ..errors import InputError
-
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        raise InputError(f"cannot read bins file {path}: {e}") from None
-    if df.shape[1] < 2:
-        raise InputError(f"bins file {path} needs two columns (label, bin); it has {df.shape[1]}")
-    return dict(zip(df.iloc[:, 0], df.iloc[:, 1]))
-
-
 def run(args: argparse.Namespace) -> int:
     from .. import classify
     from ..errors import InputError
     from ..io.writers import format_for, open_writer
+    from ..textbank import read_bins_csv
 
     custom = args.cls or args.bins
     deciding = wants_decisions(args)
@@ -93,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
                   batch_size=args.batch_size, workers=args.workers, compile=args.compile)
     if custom:
         clf = (classify.CustomLabelsClassifier(_classes(args.cls), model=args.model, **common) if args.cls
-               else classify.CustomLabelsBinningClassifier(_bins(args.bins), model=args.model, **common))
+               else classify.CustomLabelsBinningClassifier(read_bins_csv(args.bins), model=args.model, **common))
         columns = classify.prediction_columns(None)
         predictions = clf.predict_iter(loader, k=args.k, progress=None)
     else:

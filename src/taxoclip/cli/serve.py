@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._options import positive_int
+from ._options import add_decode_memory_option, positive_int
 
 
 def register(sub) -> None:
@@ -26,6 +26,7 @@ def register(sub) -> None:
     p.add_argument("--timeout", type=float, default=60.0, help="seconds a request may take (default 60)")
     p.add_argument("--max-upload-mb", type=float, default=32.0, help="largest photo accepted (default 32 MB)")
     p.add_argument("--max-megapixels", type=float, default=50.0, help="largest photo accepted (default 50 MP)")
+    add_decode_memory_option(p, "a photo that needs more is refused (413)")
     p.add_argument("--api-key", help="require this key (X-API-Key header or Bearer token); "
                                      "or set TAXOCLIP_API_KEY")
     p.add_argument("--cors-origin", action="append", default=[],
@@ -38,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..serve import ServeSettings, UploadLimits, create_app
 
-    limits = UploadLimits(max_bytes=int(args.max_upload_mb * 2**20), max_pixels=int(args.max_megapixels * 1e6))
+    limits = UploadLimits(max_bytes=int(args.max_upload_mb * 2**20), max_pixels=int(args.max_megapixels * 1e6),
+                          max_decode_memory=args.max_decode_memory)
     settings = ServeSettings(model=args.model, device=args.device, precision=args.precision, max_batch=args.max_batch,
                              max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, request_timeout_s=args.timeout,
                              api_key=args.api_key, cors_origins=args.cors_origin, limits=limits)

@@ -20,7 +20,6 @@ images are on disk, and the final statistics are computed by streaming the catal
 """
 from __future__ import annotations
 
-import errno
 import itertools
 import json
 import logging
@@ -33,7 +32,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from ..durable import DiskFull, is_disk_full
 from ..errors import InputError, TaxoclipError
+from ..io.budget import DecodeBudget, default_budget
 from ..taxonomy import captions
 from .align import Aligner, load_backbone
 from .catalog import REPORTS, write_catalog, write_report
@@ -93,6 +94,9 @@ class BuildOptions:
     progress: bool | None = None  # None: a bar when stderr is a terminal
     overwrite: bool = False
     fetch: dict = field(default_factory=dict)  # keyword arguments of `fetch.fetch_all`
+    # Bytes the workers together may spend decoding giant images (default: half the memory
+    # available at start). Only an image that can never fit it changes the output: an error record.
+    max_decode_memory: int | None = None
     # How worker batches are mapped: `parallel.ordered_map` (processes here) or an engine's
     # equivalent with the same signature (`scale.ray_engine.RayOrderedMap`: Ray actors).
     mapper: Callable = ordered_map
@@ -141,13 +145,15 @@ def build(inputs: Iterable[str | os.PathLike], out: str | os.PathLike, *, exclud
         return json.loads((out / "stats.json").read_text())
     _check_output_folder(out, work)
     work.begin(identity)
+    builder = _Builder(inputs, exclude, out, work, identity, config, options)
     try:
-        _Builder(inputs, exclude, out, work, identity, config, options).run()
-    except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise TaxoclipError(f"no space left on the device while writing {out} ({e.filename or e}); free some "
-                                "space and re-run the same command: it continues from the last checkpoint") from None
-        raise
+        builder.run()
+    except Exception as e:
+        if not is_disk_full(e):
+            raise
+        where = getattr(e, "path", None) or getattr(e, "filename", None) or out
+        raise DiskFull(where, builder.kept_on_failure(),
+                       "free some space and re-run the same command: it continues from there") from None
     return json.loads((out / "stats.json").read_text())
 
 
@@ -246,9 +252,23 @@ class _Builder:
             try:
                 self.kept.rewind(self.cursor)
                 self._process()
-            finally:
-                self.kept.close()
+            except BaseException:
+                self.kept.abandon()
+                raise
+            self.kept.close()
         self._finalize()
+
+    def kept_on_failure(self) -> str:
+        """What a stopped build leaves for the next run of the same command to continue from."""
+        parts = list(self.work.parts())
+        shards = sum(1 for p in self.out.glob("*/shard-*.tar") if p.is_file())
+        if not parts:
+            return f"{shards} finished shards, no checkpoint yet (a re-run starts from the first record)"
+        last = parts[-1]
+        if last.get("done"):
+            return f"all {shards} shards and the build's checkpoint (only the catalog, reports and stats.json remain)"
+        return (f"{shards} finished shards and the checkpoint after record {last['cursor']:,} "
+                f"({last['counts'].get('written', 0):,} images written)")
 
     def _progress(self, total=None, initial=0, desc=""):
         from tqdm import tqdm
@@ -273,8 +293,12 @@ class _Builder:
                    for name, state in self.stream_states.items()}
         pending: dict[int, tuple[Record, _Outcome | None]] = {}
         since = 0
+        # One budget shared by forked workers; workers of an engine that does not fork (Ray
+        # actors, perhaps on other machines) cannot share it and decode under their own bound.
+        budget = DecodeBudget(self.options.max_decode_memory or default_budget()) \
+            if getattr(self.options.mapper, "forks", True) else None
         with self.options.mapper(process_batch, workers=self.workers, initializer=init_worker,
-                         initargs=(config.image, thumbs, config.aligned)) as pool, \
+                                 initargs=(config.image, thumbs, config.aligned, budget)) as pool, \
                 self._progress(initial=self.cursor, desc="building") as bar:
             try:
                 jobs = self._jobs(pending)

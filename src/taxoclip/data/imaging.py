@@ -1,8 +1,9 @@
 """Image processing for training shards: decode, reject small images, resize, re-encode JPEG.
 
-Decoding is `taxoclip.io.images.decode_image` (EXIF orientation, any mode -> 8-bit RGB), with
-JPEG draft mode so a 4000 px photo is decoded at a fraction of its size when we only keep 224
-px. Resize modes are a registry: `squash` (to size x size, aspect not kept, as the
+Decoding is `taxoclip.io.decode.decode_bounded` (EXIF orientation, any mode -> 8-bit RGB), as
+for `predict`: JPEG draft mode, so a 4000 px photo is decoded at a fraction of its size when we
+only keep 224 px, and giant images reduced right after decoding within the decode memory
+budget the workers share. Resize modes are a registry: `squash` (to size x size, aspect not kept, as the
 TreeOfLife shards are) and `shorter-side` (shorter side to size, aspect kept); both shrink by
 area averaging and enlarge bicubically (`resample`). Every failure
 is a `Rejected` with a one-line reason for the error report.
@@ -16,7 +17,8 @@ from typing import Callable
 from PIL import Image
 
 from ..errors import InputError
-from ..io.images import decode_image
+from ..io.budget import DecodeBudget
+from ..io.decode import decode_bounded
 
 __all__ = ["ImageSpec", "Rejected", "RESIZE_MODES", "read_payload", "decode", "encode_jpeg", "resample",
            "FINGERPRINT_SIDE"]
@@ -94,20 +96,21 @@ def read_payload(image: bytes | None, path: str | None) -> bytes:
         raise Rejected(f"cannot read file ({e.strerror or e})") from None
 
 
-def decode(data: bytes, spec: ImageSpec) -> tuple[Image.Image, tuple[int, int]]:
-    """Upright RGB image and its original (width, height); `Rejected` if unusable or too small."""
+def decode(data: bytes, spec: ImageSpec, budget: DecodeBudget | None = None) -> tuple[Image.Image, tuple[int, int]]:
+    """Upright RGB image and its original (width, height); `Rejected` if unusable, too small, or
+    too big for `budget`."""
     if not data:
         raise Rejected("empty file")
     try:
         with Image.open(io.BytesIO(data)) as probe:
             original = probe.size
-    except Exception:  # decode_image gives the precise reason below
+    except Exception:  # decode_bounded gives the precise reason below
         original = None
     # Draft only reduces a JPEG while both sides stay >= this, so the size check stays exact;
     # fingerprints (64x64 at most) need at least FINGERPRINT_SIDE pixels whatever the output size.
     draft = max(spec.size, spec.min_side, FINGERPRINT_SIDE)
     try:
-        img = decode_image(data, draft=(draft, draft))
+        img = decode_bounded(data, draft, budget=budget)
     except InputError as e:
         raise Rejected(getattr(e, "reason", str(e))) from None
     w, h = original or img.size

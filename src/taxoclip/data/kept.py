@@ -66,3 +66,12 @@ class KeptImages:
     def close(self) -> None:
         self.db.execute("COMMIT")
         self.db.close()
+
+    def abandon(self) -> None:
+        """Close after a failed run, keeping only what the last checkpoint committed (a commit now
+        could itself fail, e.g. on the full disk that stopped the run, and hide why it stopped)."""
+        try:
+            self.db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        self.db.close()

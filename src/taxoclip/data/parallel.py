@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import sys
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Callable, Iterable, Iterator, TypeVar
 
-__all__ = ["ordered_map", "default_workers", "die_with_parent"]
+from ..orphans import die_with_parent
+
+__all__ = ["ordered_map", "default_workers"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -29,24 +30,9 @@ def _noop() -> None:
     return None
 
 
-def die_with_parent(parent: int | None = None) -> None:
-    """Have Linux send this process SIGTERM when its parent dies (a killed run would otherwise leave
-    its workers waiting forever, adopted by init); exit now if `parent` is gone already. Usable
-    as a `subprocess` `preexec_fn`."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        try:
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-        if parent is not None and os.getppid() != parent:  # the parent died before the call
-            os._exit(1)
-
-
 def _die_with_parent(parent: int, initializer: Callable | None, *initargs) -> None:
-    """Worker start: exit when the parent dies, then the caller's initializer."""
+    """Worker start: exit when the parent dies (a killed build would otherwise leave its workers
+    waiting forever on a queue no one writes to), then the caller's initializer."""
     die_with_parent(parent)
     if initializer is not None:
         initializer(*initargs)

@@ -131,7 +131,11 @@ class ShardStream:
             if pad:
                 chunks.append(b"\0" * pad)
         blob = b"".join(chunks)
-        self._file.write(blob)
+        try:
+            self._file.write(blob)
+        except OSError as e:  # name the shard: a file object's write errors carry no path
+            e.filename = e.filename or str(self._tmp(self.index))
+            raise
         self.length += len(blob)
         self.count += 1
         if self.count >= self.shard_size:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..io.budget import DecodeBudget
 from .hashing import content_hash, pdq_hash
 from .imaging import FINGERPRINT_SIDE, ImageSpec, Rejected, decode, encode_jpeg, read_payload
 from .leakage import AlignedMatch, EvalThumbnails, fine_descriptor, retrieval_descriptor, stored_thumbnail
@@ -54,9 +55,11 @@ class EvalPrint:
 _state: dict = {}
 
 
-def init_worker(spec: ImageSpec, thumbs_dir: str | None = None, aligned: AlignedMatch | None = None) -> None:
+def init_worker(spec: ImageSpec, thumbs_dir: str | None = None, aligned: AlignedMatch | None = None,
+                budget: DecodeBudget | None = None) -> None:
     single_threaded_blas()
     _state["spec"] = spec
+    _state["budget"] = budget  # made before the workers forked: one budget for all of them
     _state["thumbs"] = load_thumbnails(Path(thumbs_dir), aligned) if thumbs_dir and aligned else None
 
 
@@ -95,7 +98,7 @@ def process_one(job: Job) -> Processed:
     spec: ImageSpec = _state["spec"]
     try:
         data = read_payload(job.image, job.path)
-        img, size = decode(data, spec)
+        img, size = decode(data, spec, _state.get("budget"))
         small = _hashable(img)
         pdq, quality = pdq_hash(small)
         leak = None

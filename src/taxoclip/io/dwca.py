@@ -258,6 +258,19 @@ def _findall(el: Element, tag: str) -> list[Element]:
     return el.findall(_NS + tag) + el.findall(tag)
 
 
+def _count(text: str | None, what: str, where: str) -> int | None:
+    """A column index or line count of meta.xml (None when absent or empty)."""
+    if text is None or not text.strip():
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise InputError(f"{where}: {what} is {text!r}, not a whole number") from None
+    if value < 0:
+        raise InputError(f"{where}: {what} is {value}, below 0")
+    return value
+
+
 def _table(el: Element, id_tag: str, where: str) -> DataTable:
     kind = el.tag.rsplit("}", 1)[-1]
     files = _find(el, "files")
@@ -265,18 +278,15 @@ def _table(el: Element, id_tag: str, where: str) -> DataTable:
     if location is None or not (location.text or "").strip():
         raise InputError(f"{where}: <{kind}> has no <files><location>")
     id_el = _find(el, id_tag)
-    try:
-        id_index = int(id_el.get("index")) if id_el is not None else None
-        fields = []
-        for f in _findall(el, "field"):
-            term = f.get("term", "")
-            if not term:
-                raise InputError(f"{where}: a <field> of <{kind}> has no term")
-            index = f.get("index")
-            fields.append((short_term(term), int(index) if index not in (None, "") else None, f.get("default", "")))
-        header_lines = int(el.get("ignoreHeaderLines", "0") or 0)
-    except ValueError as e:
-        raise InputError(f"{where}: bad index in <{kind}> ({e})") from None
+    id_index = _count(id_el.get("index"), f"<{id_tag} index> of <{kind}>", where) if id_el is not None else None
+    fields = []
+    for f in _findall(el, "field"):
+        term = f.get("term", "")
+        if not term:
+            raise InputError(f"{where}: a <field> of <{kind}> has no term")
+        fields.append((short_term(term), _count(f.get("index"), f"<field index> of {term}", where),
+                       f.get("default", "")))
+    header_lines = _count(el.get("ignoreHeaderLines"), f"ignoreHeaderLines of <{kind}>", where) or 0
     if id_index is None:
         raise InputError(f"{where}: <{kind}> has no <{id_tag} index=…>: cannot join core and extension")
     delimiter = _unescape(el.get("fieldsTerminatedBy", ","))

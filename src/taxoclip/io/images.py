@@ -1,13 +1,16 @@
-"""Finding images and decoding them: paths, globs, folders, list files, tar shards and PIL images.
+"""Finding images in what users type, and decoding them in parallel: paths, globs, folders,
+list files, tar shards and PIL images.
 
 `find_images` turns whatever a user typed into `ImageRef`s (plus one line per input that
-held no images); `decode_image` turns any image file into upright 8-bit RGB; `ImageLoader`
-decodes and preprocesses in worker processes while the model runs, and reports a file it
-cannot read as an error instead of stopping.
+held no images); `ImageLoader` decodes (`decode.py`) and preprocesses them in worker
+processes while the model runs, under one decode memory budget the workers share
+(`budget.py`), and reports a file it cannot read as an error row instead of stopping.
+`decode_image` is re-exported from `decode.py`.
 """
 from __future__ import annotations
 
 import csv
+import functools
 import glob
 import io
 import os
@@ -15,17 +18,18 @@ import tarfile
 from dataclasses import dataclass
 from typing import IO, Iterable, Iterator, Sequence
 
-import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from ..errors import InputError
+from ..orphans import die_with_parent
+from .budget import DecodeBudget, default_budget, parse_bytes
+from .decode import decode_bounded, decode_image
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageRef", "decode_image", "find_images", "ImageLoader", "Batch", "load_batch"]
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif",
                               ".jfif", ".ppm", ".pgm", ".pbm", ".pnm"})
 LIST_EXTENSIONS = frozenset({".txt", ".csv", ".tsv", ".lst"})
-Image.MAX_IMAGE_PIXELS = 30_000 ** 2  # large herbarium sheets and panoramas are real inputs
 
 
 @dataclass(frozen=True)
@@ -55,73 +59,6 @@ class ImageRef:
                 f.seek(self.offset)
                 return io.BytesIO(f.read(self.size))
         return open(self.path, "rb")
-
-
-def decode_image(src: str | os.PathLike | bytes | IO[bytes] | Image.Image, *,
-                 draft: tuple[int, int] | None = None) -> Image.Image:
-    """Any image -> upright 8-bit RGB.
-
-    EXIF orientation is applied; greyscale, palette, CMYK and alpha images are converted as
-    the BioCLIP training pipeline did (`convert("RGB")`); 16-bit and float images are scaled to
-    8 bits rather than clipped. `draft` lets JPEG decoding skip resolution we would throw away
-    (only when the image is at least twice the requested size). Raises `InputError` naming
-    the source for anything unreadable (missing, empty, truncated, not an image); its
-    `reason` attribute holds the cause alone.
-    """
-    try:
-        return _decode(src, draft)
-    except _Unreadable as e:
-        err = InputError(f"{_describe(src)}: {e}")
-        err.reason = str(e)
-        raise err from None
-
-
-class _Unreadable(Exception):
-    pass
-
-
-def _decode(src, draft) -> Image.Image:
-    try:
-        if isinstance(src, Image.Image):
-            img = ImageOps.exif_transpose(src)  # a copy: never change the caller's image
-        else:
-            if isinstance(src, (str, os.PathLike)) and os.path.isfile(src) and os.path.getsize(src) == 0:
-                raise _Unreadable("empty file")
-            fp = io.BytesIO(src) if isinstance(src, (bytes, bytearray, memoryview)) else src
-            img = Image.open(fp)
-            if draft and img.format == "JPEG" and min(img.size[0] / draft[0], img.size[1] / draft[1]) >= 2:
-                img.draft("RGB", draft)
-            img.load()
-            ImageOps.exif_transpose(img, in_place=True)  # ours alone: no full-size copy
-        return _to_rgb(img)
-    except FileNotFoundError:
-        raise _Unreadable("file not found") from None
-    except IsADirectoryError:
-        raise _Unreadable("is a directory") from None
-    except PermissionError:
-        raise _Unreadable("permission denied") from None
-    except UnidentifiedImageError:
-        raise _Unreadable("not an image (or a format Pillow cannot read)") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise _Unreadable(f"cannot decode image ({e})") from None
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode == "RGB":
-        return img
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        a = np.asarray(img, dtype=np.float64)
-        hi = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
-        img = Image.fromarray(np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-    return img.convert("RGB")
-
-
-def _describe(src) -> str:
-    if isinstance(src, (str, os.PathLike)):
-        return str(src)
-    if isinstance(src, Image.Image):
-        return "in-memory image"
-    return getattr(src, "name", "image bytes")
 
 
 # ----- finding images -------------------------------------------------------------------------
@@ -154,12 +91,13 @@ def _read_list(path: str) -> list[str]:
     ext = os.path.splitext(path)[1].lower()
     if ext in (".csv", ".tsv") or "," in lines[0] or "\t" in lines[0]:
         dialect = "excel-tab" if ext == ".tsv" or "\t" in lines[0] else "excel"
-        rows = list(csv.DictReader(lines, dialect=dialect))
-        cols = {c.strip().lower(): c for c in (rows[0].keys() if rows else csv.DictReader(lines).fieldnames or [])}
+        reader = csv.DictReader(lines, dialect=dialect)
+        cols = {c.strip().lower(): c for c in reader.fieldnames or []}
         key = next((cols[c] for c in ("filepath", "file_path", "path", "file_name", "filename") if c in cols), None)
         if key is None:
             raise InputError(f"{path}: no 'filepath' column (columns: {', '.join(cols.values())})")
-        entries = [r[key].strip() for r in rows if r.get(key, "").strip()]
+        entries = [(r.get(key) or "").strip() for r in reader]  # a short row has None for missing cells
+        entries = [e for e in entries if e]
     else:
         entries = [line.strip() for line in lines]
     return [e if os.path.isabs(e) or os.path.exists(e) else os.path.join(base, e) for e in entries]
@@ -246,11 +184,17 @@ class Batch:
 
 
 class _Decoded:
-    """Map-style dataset: ref -> (position, tensor or None, error message)."""
+    """Map-style dataset: ref -> (position, tensor or None, error message).
+
+    Decoding is `decode_bounded` under `budget` (shared by all workers, set by the loader):
+    giant images are reduced to a few times the model's input right after decoding, and one
+    that could never fit the budget becomes an error row that says so.
+    """
 
     def __init__(self, refs: Sequence[ImageRef], preprocess, draft: bool):
-        self.refs, self.preprocess = refs, preprocess
-        self.draft = (preprocess.size, preprocess.size) if draft else None
+        self.refs, self.preprocess, self.draft = refs, preprocess, draft
+        self.size: int | None = getattr(preprocess, "size", None)
+        self.budget: DecodeBudget | None = None
 
     def __len__(self) -> int:
         return len(self.refs)
@@ -264,9 +208,10 @@ class _Decoded:
         except OSError as e:
             return i, None, f"cannot read file ({e.strerror or e})"
         try:
-            return i, self.preprocess(_decode(src, self.draft)), None
-        except _Unreadable as e:
-            return i, None, str(e)
+            return i, decode_bounded(src, self.size, budget=self.budget, draft=self.draft,
+                                     preprocess=self.preprocess), None
+        except InputError as e:
+            return i, None, e.reason
         finally:
             if not isinstance(src, Image.Image):
                 src.close()
@@ -280,18 +225,21 @@ def _collate(items):
     return [i for i, _ in ok], pixels, {i: err for i, _, err in items if err is not None}
 
 
-def load_batch(refs: Sequence[ImageRef], preprocess, *, draft: bool = True) -> Batch:
+def load_batch(refs: Sequence[ImageRef], preprocess, *, draft: bool = True,
+               budget: DecodeBudget | None = None) -> Batch:
     """Decode and preprocess `refs` here, in this process: what one `ImageLoader` worker does
     for one batch (engines that schedule decoding themselves, e.g. on Ray, call this)."""
     refs = list(refs)
     dataset = _Decoded(refs, preprocess, draft)
+    dataset.budget = budget
     ok, pixels, errors = _collate([dataset[i] for i in range(len(refs))])
     return Batch(refs, pixels, ok, errors)
 
 
-def _worker_init(_):
+def _worker_init(parent: int, _worker_id: int) -> None:
     import torch
 
+    die_with_parent(parent)  # at once when predict is killed, not at torch's next 5 s check
     torch.set_num_threads(1)
 
 
@@ -299,16 +247,19 @@ class ImageLoader:
     """Iterate over `Batch`es; decoding runs in `workers` processes ahead of the consumer.
 
     Call `start()` early (before loading a model) so workers fork from a small process and
-    the first batches are ready when the model is.
+    the first batches are ready when the model is. `max_decode_memory` (bytes, or text such as
+    "4GB") bounds the memory the workers together spend on decoding big images (see `budget`).
     """
 
     def __init__(self, refs: Sequence[ImageRef], preprocess, *, batch_size: int = 32, workers: int | None = None,
-                 draft: bool = True):
+                 draft: bool = True, max_decode_memory: int | str | None = None):
         self.refs = list(refs)
         self.batch_size = max(1, int(batch_size))
         in_memory = any(r.image is not None for r in self.refs)
         self.workers = 0 if in_memory or len(self.refs) <= self.batch_size // 2 else (
             default_workers() if workers is None else max(0, int(workers)))
+        # Bytes all workers together may spend decoding big images (default: half of what is available now).
+        self.max_decode_memory = default_budget() if max_decode_memory is None else parse_bytes(max_decode_memory)
         self._dataset = _Decoded(self.refs, preprocess, draft)
         self._iter: Iterator | None = None
 
@@ -316,8 +267,12 @@ class ImageLoader:
         if self._iter is None:
             from torch.utils.data import DataLoader
 
+            # Made before the workers fork, so they share it; a fresh one per pass, so nothing a
+            # stopped worker still held carries over.
+            self._dataset.budget = DecodeBudget(self.max_decode_memory)
             loader = DataLoader(self._dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.workers,
-                                collate_fn=_collate, worker_init_fn=_worker_init if self.workers else None,
+                                collate_fn=_collate,
+                                worker_init_fn=functools.partial(_worker_init, os.getpid()) if self.workers else None,
                                 prefetch_factor=2 if self.workers else None,
                                 multiprocessing_context="fork" if self.workers and os.name == "posix" else None)
             self._iter = iter(loader)

@@ -2,7 +2,9 @@
 
 Writers take rows (dicts) as they are produced. CSV and JSON lines reach the file at once,
 so a run that is killed keeps everything written so far; Parquet, JSON and table files are
-assembled in a temporary file and renamed into place when the run ends.
+assembled in a temporary file and renamed into place when the run ends. A full disk raises
+`DiskFull` naming the file and what it kept: whole rows of a CSV or JSON lines file (it is cut
+back to the last whole batch), or the previous version of any other file.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import IO, Callable, Iterable, Iterator, Sequence
 
-from ..durable import atomic_file
+from ..durable import DiskFull, atomic_file, is_disk_full
 
 __all__ = ["WRITERS", "open_writer", "format_for", "ResultWriter"]
 
@@ -28,12 +30,6 @@ class ResultWriter:
         self.columns = list(columns)
         self.target = None if target in (None, "-", "stdout") else Path(target)
         self.count = 0
-
-    def _open_text(self) -> IO[str]:
-        if self.target is None:
-            return sys.stdout
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        return open(self.target, "w", newline="", encoding="utf-8")
 
     @contextlib.contextmanager
     def _whole_text(self) -> Iterator[IO[str]]:
@@ -81,24 +77,59 @@ def _cell(v) -> str:
 
 
 class _StreamingWriter(ResultWriter):
-    """Each row reaches the file as it is written, so a killed run keeps what it has done."""
+    """Each batch of rows reaches the file as it is written, so a killed run keeps what it has done.
+
+    Rows are formatted into memory and written to an unbuffered file in one call per batch, so
+    after a full disk the file is cut back to exactly the rows that were whole before it.
+    """
 
     def __init__(self, target, columns):
         super().__init__(target, columns)
-        self._f = self._open_text()
+        self._text = io.StringIO()
+        self._file = None
+        self._kept = 0  # bytes of whole rows in the file
+        if self.target is not None:
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.target, "wb", buffering=0)
 
     def _write_row(self, row: dict) -> None:
         raise NotImplementedError
 
     def write(self, rows):
+        n = 0
         for r in rows:
             self._write_row(r)
-            self.count += 1
-        self._f.flush()
+            n += 1
+        self._emit()
+        self.count += n
+
+    def _emit(self) -> None:
+        text = self._text.getvalue()
+        self._text.seek(0)
+        self._text.truncate()
+        if self._file is None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            return
+        data = text.encode("utf-8")
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[self._file.write(view):]
+        except OSError as e:
+            if not is_disk_full(e):
+                raise
+            self._file.truncate(self._kept)  # needs no free space
+            self._file.close()
+            self._file = None
+            raise DiskFull(self.target, f"{self.target} with its first {self.count:,} rows (whole rows only)",
+                           "free some space and re-run the same command: it writes the file again") from None
+        self._kept += len(data)
 
     def close(self):
-        if self._f is not sys.stdout:
-            self._f.close()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 @register("csv")
@@ -107,8 +138,9 @@ class CsvWriter(_StreamingWriter):
 
     def __init__(self, target, columns):
         super().__init__(target, columns)
-        self._w = csv.writer(self._f, lineterminator="\n")
+        self._w = csv.writer(self._text, lineterminator="\n")
         self._w.writerow(self.columns)
+        self._emit()
 
     def _write_row(self, row):
         self._w.writerow([_cell(row.get(c)) for c in self.columns])
@@ -119,7 +151,7 @@ class JsonLinesWriter(_StreamingWriter):
     """One JSON object per line: easy to stream into other tools."""
 
     def _write_row(self, row):
-        self._f.write(json.dumps({c: row.get(c) for c in self.columns if c in row}, ensure_ascii=False) + "\n")
+        self._text.write(json.dumps({c: row.get(c) for c in self.columns if c in row}, ensure_ascii=False) + "\n")
 
 
 @register("table")
@@ -149,7 +181,8 @@ class TableWriter(ResultWriter):
 
 @register("parquet")
 class ParquetWriter(ResultWriter):
-    """Columnar output for large runs; row groups are flushed as results arrive."""
+    """Columnar output for large runs; row groups are flushed to a temporary file as results
+    arrive, and it replaces the target when the run ends (a Parquet file is valid only whole)."""
 
     def __init__(self, target, columns):
         super().__init__(target, columns)
@@ -163,45 +196,67 @@ class ParquetWriter(ResultWriter):
     def write(self, rows):
         self._pending.extend(rows)
         if len(self._pending) >= 10_000:
-            self._flush()
+            with self._or_disk_full():
+                self._flush()
 
     def _flush(self):
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         if not self._pending:
             return
         table = pa.Table.from_pylist([{c: r.get(c) for c in self.columns} for r in self._pending],
                                      schema=self._writer.schema if self._writer else None)
-        if self._writer is None:
-            self._writer = pq.ParquetWriter(self._tmp, table.schema)
-        self._writer.write_table(table)
+        self._write_table(table)
         self.count += len(self._pending)
         self._pending = []
 
-    def write_frame(self, frame):
-        import pyarrow as pa
+    def _write_table(self, table) -> None:
         import pyarrow.parquet as pq
 
-        self._flush()
-        table = pa.Table.from_pandas(frame[self.columns], preserve_index=False)
-        table = table.cast(pa.schema([pa.field(f.name, pa.string()) if pa.types.is_null(f.type) else f
-                                      for f in table.schema]))
         if self._writer is None:
             self._writer = pq.ParquetWriter(self._tmp, table.schema)
         self._writer.write_table(table.cast(self._writer.schema))
-        self.count += table.num_rows
+
+    def write_frame(self, frame):
+        import pyarrow as pa
+
+        with self._or_disk_full():
+            self._flush()
+            table = pa.Table.from_pandas(frame[self.columns], preserve_index=False)
+            self._write_table(table.cast(pa.schema([pa.field(f.name, pa.string()) if pa.types.is_null(f.type) else f
+                                                    for f in table.schema])))
+            self.count += table.num_rows
 
     def close(self):
-        if self._writer is None and not self._pending:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
+        if self._tmp is None:  # given up after a full disk
+            return
+        import pyarrow as pa
+        import pyarrow.parquet as pq
 
-            pq.write_table(pa.table({c: pa.array([], pa.string()) for c in self.columns}), self._tmp)
-        else:
-            self._flush()
-            self._writer.close()
-        os.replace(self._tmp, self.target)
+        with self._or_disk_full():
+            if self._writer is None and not self._pending:
+                pq.write_table(pa.table({c: pa.array([], pa.string()) for c in self.columns}), self._tmp)
+            else:
+                self._flush()
+                self._writer.close()
+            os.replace(self._tmp, self.target)
+
+    @contextlib.contextmanager
+    def _or_disk_full(self) -> Iterator[None]:
+        """A full disk: drop the temporary file and say that the target is as it was."""
+        try:
+            yield
+        except (OSError, RuntimeError) as e:  # pyarrow wraps ENOSPC in its own OSError subclasses
+            if not is_disk_full(e):
+                raise
+            with contextlib.suppress(Exception):
+                if self._writer is not None:
+                    self._writer.close()
+            self._tmp.unlink(missing_ok=True)
+            self._tmp = None
+            kept = f"{self.target} as it was before this run" if self.target.exists() else \
+                f"nothing: a Parquet file is written whole at the end ({self.target} not created)"
+            raise DiskFull(self.target, kept) from None
 
 
 @register("json")

@@ -84,10 +84,12 @@ def should_confine() -> bool:
 
 def run_confined(argv: list[str]) -> int:
     """Run `python -m taxoclip ARGV` with the guard loaded; it dies with this process."""
-    from ..data.parallel import die_with_parent
+    from functools import partial
+
+    from ..orphans import die_with_parent
 
     proc = subprocess.Popen([sys.executable, "-m", "taxoclip", *argv], env=confined_environment(),
-                            preexec_fn=die_with_parent)
+                            preexec_fn=partial(die_with_parent, os.getpid()))
     try:
         return proc.wait()
     except KeyboardInterrupt:

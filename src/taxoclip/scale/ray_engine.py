@@ -204,6 +204,8 @@ class RayOrderedMap:
     The builder keeps every decision (duplicates, leaks, splits, shards) in its own process, so
     its output is the local engine's whatever the cluster."""
 
+    forks = False  # actors share no memory with the caller (the builder's decode budget stays local)
+
     def __init__(self, fn: Callable, *, workers: int, initializer: Callable | None = None, initargs: tuple = (),
                  window: int | None = None):
         import ray

@@ -21,6 +21,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import InputError
+from ..io.budget import DecodeBudget, default_budget
 from ..taxonomy import Rank
 from .batching import QueueFull
 from .uploads import UploadLimits, UploadRejected, decode_upload
@@ -69,6 +70,7 @@ def create_app(settings: ServeSettings | None = None, service=None) -> FastAPI:
                             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
     depth = Gauge("taxoclip_queue_photos", "Photos waiting for the model", registry=registry)
     state: dict = {"service": service}
+    budget = DecodeBudget(settings.limits.max_decode_memory or default_budget())  # shared by the decoding threads
 
     async def lifespan(app: FastAPI):
         owned = state["service"] is None  # a service given by the caller is the caller's to stop
@@ -127,7 +129,8 @@ def create_app(settings: ServeSettings | None = None, service=None) -> FastAPI:
             name = _safe_name(f.filename)
             data = await f.read(settings.limits.max_bytes + 1)
             try:
-                return await run_in_threadpool(decode_upload, name, data, svc.model.preprocess, settings.limits), None
+                return await run_in_threadpool(decode_upload, name, data, svc.model.preprocess, settings.limits,
+                                               budget=budget), None
             except UploadRejected as e:
                 return None, str(e)
         done = await asyncio.gather(*(one(f) for f in files))

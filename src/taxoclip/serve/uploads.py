@@ -2,7 +2,9 @@
 
 An upload is recognised by its first bytes, never by its name or declared type (a zip renamed
 `.jpg` is a zip); its pixel count is read from the header and refused above the limit before
-decoding (a 200-megapixel PNG would take gigabytes); then it is decoded as the CLI decodes.
+decoding (a 200-megapixel PNG would take gigabytes); then it is decoded as `predict` decodes,
+within the server's decode memory budget (`taxoclip.io.decode.decode_bounded`), which the
+threads decoding concurrent uploads share.
 """
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ import torch
 from PIL import Image
 
 from ..errors import InputError
-from ..io.images import decode_image
+from ..io.budget import DecodeBudget
+from ..io.decode import TooBigToDecode, decode_bounded
 
 __all__ = ["UploadLimits", "UploadRejected", "sniff_format", "decode_upload"]
 
@@ -41,6 +44,7 @@ class UploadLimits:
     max_request_bytes: int = 256 * 2**20  # the whole request body
     max_pixels: int = 50_000_000  # a 50-megapixel camera; decompression bombs are far larger
     max_files: int = 64
+    max_decode_memory: int | None = None  # bytes concurrent decodes may spend together (default: half the free memory)
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -49,7 +53,8 @@ def sniff_format(data: bytes) -> str | None:
     return next((name for name, test in _SIGNATURES if test(head)), None)
 
 
-def decode_upload(name: str, data: bytes, preprocess, limits: UploadLimits, draft: bool = True) -> torch.Tensor:
+def decode_upload(name: str, data: bytes, preprocess, limits: UploadLimits, draft: bool = True,
+                  budget: DecodeBudget | None = None) -> torch.Tensor:
     """Bytes of one upload -> the model's input tensor [3, H, W]; UploadRejected naming the file otherwise."""
     if not data:
         raise UploadRejected(f"{name}: empty file")
@@ -68,11 +73,11 @@ def decode_upload(name: str, data: bytes, preprocess, limits: UploadLimits, draf
     if w * h > limits.max_pixels:
         raise UploadRejected(f"{name}: {w}x{h} = {w * h / 1e6:.0f} megapixels, over the limit of "
                              f"{limits.max_pixels / 1e6:.0f}", 413)
-    size = (preprocess.size, preprocess.size) if draft else None
     try:
-        img = decode_image(data, draft=size)
+        return decode_bounded(data, preprocess.size, budget=budget, draft=draft, preprocess=preprocess)
+    except TooBigToDecode as e:
+        raise UploadRejected(f"{name}: {e.reason}", 413) from None
     except InputError as e:
         raise UploadRejected(f"{name}: {getattr(e, 'reason', e)}") from None
     except Exception as e:  # a decoder error on a malformed body
         raise UploadRejected(f"{name}: cannot decode ({e})") from None
-    return preprocess(img)

@@ -20,6 +20,7 @@ the `split` field of each sample's JSON, or `<split>-NNN.tar` shard names).
 """
 from __future__ import annotations
 
+import functools
 import glob
 import io
 import json
@@ -36,6 +37,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..orphans import die_with_parent
 from ..taxonomy import TEXT_TYPES, Taxon, render_caption
 
 __all__ = [
@@ -549,6 +551,17 @@ class Batch:
     positions: dict[str, dict[int, list[int]]]
 
 
+def _worker_init(parent: int | None, _worker_id: int) -> None:
+    die_with_parent(parent)  # at once when training is killed, not at torch's next 5 s check
+
+
+def _forking_parent() -> int | None:
+    """This pid when DataLoader workers will be forked from it (the default start method), else None."""
+    import multiprocessing
+
+    return os.getpid() if multiprocessing.get_start_method() == "fork" else None
+
+
 class Loader:
     """The process's micro-batches in order: workers' slices concatenated in stream order."""
 
@@ -556,7 +569,8 @@ class Loader:
         self.dataset, self.workers = dataset, workers
         self._loader = torch.utils.data.DataLoader(
             dataset, batch_size=None, num_workers=workers, prefetch_factor=prefetch if workers else None,
-            persistent_workers=False, pin_memory=pin_memory)
+            persistent_workers=False, pin_memory=pin_memory,
+            worker_init_fn=functools.partial(_worker_init, _forking_parent()) if workers else None)
         self._it = None
 
     def __iter__(self) -> Iterator[Batch]:

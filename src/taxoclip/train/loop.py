@@ -26,7 +26,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .checkpoint import find_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state, CheckpointError
+from ..durable import DiskFull, is_disk_full
+from .checkpoint import (LATEST, CheckpointError, find_checkpoint, load_checkpoint, rng_state, save_checkpoint,
+                         set_rng_state)
 from .config import ConfigError, TrainConfig, dumps, validate
 from .data import Batch, count_samples, find_shards, make_loader, normalize_images
 from .loss import ContrastiveLoss
@@ -369,7 +371,8 @@ def _truncate_csv(path: Path, step: int) -> None:
         rows = list(csv.reader(fh))
     if not rows:
         return
-    kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step]
+    # A row cut short by a full disk or a kill has fewer cells: dropped with those past `step`.
+    kept = [rows[0]] + [r for r in rows[1:] if len(r) == len(rows[0]) and r[0].isdigit() and int(r[0]) <= step]
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w", newline="") as fh:
         csv.writer(fh).writerows(kept)
@@ -517,12 +520,26 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
             eval_metrics = _evaluate(evaluator, trainer)
             metrics.evaluation(total, eval_metrics)
         export = _export(trainer, cfg, info, out, preprocess_cfg) if cfg.export else None
+    except Exception as e:
+        if not is_disk_full(e):
+            raise
+        raise DiskFull(getattr(e, "path", None) or getattr(e, "filename", None) or out, _kept_checkpoint(out),
+                       "free some space and re-run with --resume auto (or latest): it continues from there") from None
     finally:
         metrics.close()
         del it
     if info.world > 1:
         dist.barrier()
     return TrainResult(out, total, last_loss, eval_metrics, export)
+
+
+def _kept_checkpoint(out: Path) -> str:
+    """The checkpoint a stopped run continues from (what `--resume latest` finds)."""
+    try:
+        path = find_checkpoint(LATEST, out)
+    except CheckpointError:
+        return "no checkpoint yet (a re-run starts from step 0)"
+    return f"the checkpoint {path} (step {int(path.stem.split('-')[-1])}), which --resume latest continues from"
 
 
 def _export(trainer: Trainer, cfg: TrainConfig, info: DistInfo, out: Path, preprocess_cfg: dict) -> Path | None:
