@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, event, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from taxoclip.errors import TaxoclipError  # noqa: E402
-from taxoclip.taxonomy import RANKS, Taxon, parse_lineage  # noqa: E402
+from taxoclip.taxonomy import Taxon, parse_lineage  # noqa: E402
 
 
 def fuzz(examples: int):
