@@ -16,8 +16,9 @@ __all__ = ["die_with_parent"]
 PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent(parent: int | None) -> None:
+def die_with_parent(parent: int | None, sig: int = signal.SIGKILL) -> None:
     """Have the kernel SIGKILL this process when its parent dies. Call first thing in a worker.
+    (`sig` another signal, for a child that must clean up: a Ray driver stops its instance on SIGTERM.)
     `parent` is the pid that forked it, read before the fork: if it is already gone, exit now
     (None when a fork server started the worker: it then dies with the fork server, which dies
     with the run). Linux only, a no-op elsewhere. The kernel watches the *thread* that forked the
@@ -27,7 +28,7 @@ def die_with_parent(parent: int | None) -> None:
     import ctypes
 
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
     except (OSError, AttributeError):
         return
     if parent is not None and os.getppid() != parent:  # the parent died before the call

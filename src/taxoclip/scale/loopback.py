@@ -19,7 +19,8 @@ from pathlib import Path
 
 from ..errors import TaxoclipError
 
-__all__ = ["guard_library", "confined_environment", "is_confined", "run_confined", "should_confine"]
+__all__ = ["guard_library", "confined_environment", "is_confined", "run_confined", "should_confine",
+           "stop_descendants_on_term"]
 
 _MARK = "TAXOCLIP_RAY_LOOPBACK"
 
@@ -84,14 +85,64 @@ def should_confine() -> bool:
 
 def run_confined(argv: list[str]) -> int:
     """Run `python -m taxoclip ARGV` with the guard loaded; it dies with this process."""
+    import signal
     from functools import partial
 
     from ..orphans import die_with_parent
 
+    # SIGTERM, not SIGKILL: Ray's driver then stops the instance it started (its agents included)
     proc = subprocess.Popen([sys.executable, "-m", "taxoclip", *argv], env=confined_environment(),
-                            preexec_fn=partial(die_with_parent, os.getpid()))
+                            preexec_fn=partial(die_with_parent, os.getpid(), signal.SIGTERM))
     try:
         return proc.wait()
     except KeyboardInterrupt:
         proc.terminate()
         return proc.wait()
+
+
+def stop_descendants_on_term() -> None:
+    """In the confined driver: adopt the instance's orphans and stop them all when told to stop.
+
+    The command that started us dies (even by SIGKILL) -> we get SIGTERM (`run_confined`) ->
+    every process below us is killed, then we exit. Ray's own shutdown does not reach the agents
+    a raylet started once the raylet is gone; as a child subreaper we still see them.
+    """
+    import ctypes
+    import signal
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        pass
+
+    def stop(signum, _frame):
+        for pid in _descendants(os.getpid()):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+def _descendants(root: int) -> list[int]:
+    """Every living process below `root` (from /proc: no dependency for one walk)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out

@@ -55,13 +55,15 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None, num_
     if address:
         ray.init(address=address, **kwargs)
     else:
-        from .loopback import is_confined
+        from .loopback import is_confined, stop_descendants_on_term
 
         if not is_confined():
             log.warning("starting a local Ray instance without the loopback guard: it listens on every interface")
         ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
                  object_store_memory=object_store_memory or DEFAULT_OBJECT_STORE,
                  _node_ip_address="127.0.0.1" if is_confined() else None, **kwargs)
+        if is_confined():  # a private instance dies with the command that started it
+            stop_descendants_on_term()
     try:
         _quiet_ray_data()
         yield
@@ -100,7 +102,9 @@ def run_ray(parts: PartDir, *, num_workers: int | None = None, gpus_per_worker: 
     table = pa.table({"index": list(range(len(refs))), "name": [r.name for r in refs],
                       "path": [r.path for r in refs], "offset": [r.offset for r in refs],
                       "size": [r.size for r in refs]})
-    ds = (ray.data.from_arrow(table)
+    per_block = max(batch_size, 64)  # blocks of a few batches: decoding spreads over the cluster's CPUs
+    blocks = [table.slice(i, per_block) for i in range(0, table.num_rows, per_block)]
+    ds = (ray.data.from_arrow(blocks)
           # half a CPU per decode task: light work, and resources unlike the model stage's keep Ray
           # Data from fusing decoding into the model actor, so the two run side by side
           .map_batches(_decode, fn_kwargs={"preprocess": preprocess, "draft": draft}, batch_size=batch_size,
