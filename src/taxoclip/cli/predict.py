@@ -27,6 +27,8 @@ def register(sub) -> None:
                                            "(HF dataset id, directory or txt_emb_species.npy)")
     what.add_argument("--taxa", help="build the vocabulary from this taxa table (CSV/Parquet with rank columns "
                                      "and common_name) instead of the published one")
+    what.add_argument("--prototypes", help="add your classes from `taxoclip prototypes build` to the vocabulary "
+                                           "(one softmax; prototype scores scaled to compete with text ones)")
     p.add_argument("--format", choices=["csv", "table", "jsonl", "parquet"],
                    help="output format (default: from --output's extension, else csv)")
     add_model_options(p)
@@ -70,9 +72,9 @@ def run(args: argparse.Namespace) -> int:
                          "vocabulary; they cannot be combined with --cls/--bins")
     if args.cls and args.bins:
         raise InputError("--cls and --bins cannot be combined")
-    if custom and (args.rank or args.subset or args.vocabulary or args.taxa):
+    if custom and (args.rank or args.subset or args.vocabulary or args.taxa or args.prototypes):
         raise InputError("--cls/--bins choose custom labels; they cannot be combined with --rank, --subset, "
-                         "--vocabulary or --taxa")
+                         "--vocabulary, --taxa or --prototypes")
     loader, problems = start_loader(args, "predict")
     if loader is None:
         return 2
@@ -85,6 +87,11 @@ def run(args: argparse.Namespace) -> int:
         predictions = clf.predict_iter(loader, k=args.k, progress=None)
     else:
         clf = classify.TreeOfLifeClassifier(args.model, vocabulary=args.vocabulary, taxa=args.taxa, **common)
+        if args.prototypes:
+            from ..evaluate.prototypes import load_prototypes, merge_prototypes
+
+            merged = merge_prototypes(clf.full_bank, load_prototypes(args.prototypes, clf.model))
+            clf.full_bank = clf.bank = merged.to(clf.model.device)
         if args.subset:
             clf.restrict(args.subset)
         rank = args.rank or "species"
