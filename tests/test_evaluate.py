@@ -17,6 +17,17 @@ def test_separable_classes_are_all_right():
     assert all(simpleshot_accuracy(feats, classes, 1, f) == 1.0 for f in range(5))
 
 
+def test_cl2n_subtracts_the_support_mean_before_comparing():
+    """By hand: with one shot, supports a = (3, 1) or (2.2, 2.5) and b = (1, 1). Either way the
+    other photo of a is nearer b's direction than a's (normalised without the shift it would be
+    called b), but after subtracting the support mean and normalising it lies on a's side."""
+    feats = np.array([[3, 1], [2.2, 2.5], [1, 1]], dtype=float)
+    classes = np.array(["a", "a", "b"])
+    raw = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+    assert np.linalg.norm(raw[0] - raw[2]) < np.linalg.norm(raw[0] - raw[1])  # no shift: b is nearer
+    assert all(simpleshot_accuracy(feats, classes, 1, f) == 1.0 for f in range(5))
+
+
 def test_knn_and_linear_probe_on_the_same_folds():
     feats = np.array([[1, 0.1], [0.9, 0], [1, -0.1], [0, 1], [0.1, 0.9], [-0.1, 1]], dtype=float)
     classes = np.array(["a", "a", "a", "b", "b", "b"])
@@ -101,6 +112,9 @@ def test_embeddings_are_cached_per_model_and_set(tmp_path, tiny_model_dir, monke
         raise AssertionError("embedded again")
     monkeypatch.setattr(classify.ImageEmbedder, "embed_iter", no_model)
     assert np.array_equal(image_embeddings(model, ds), first)
+    # the same files under another spelling of their path are the same photos
+    monkeypatch.chdir(tmp_path)
+    assert np.array_equal(image_embeddings(model, load_datasets(["set"])[0]), first)
 
 
 def test_eval_few_shot_writes_the_table_with_a_random_floor(tmp_path, tiny_model_dir, capsys):

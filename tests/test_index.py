@@ -42,3 +42,21 @@ def test_index_build_and_search_from_the_command_line(tiny_model_dir, tmp_path):
 def test_loading_something_else_is_one_line(tmp_path):
     with pytest.raises(InputError, match="not a photo index"):
         PhotoIndex.load(tmp_path)
+
+
+def test_a_labelled_collection_names_each_matchs_class(tiny_model_dir, tmp_path):
+    rng = np.random.default_rng(0)
+    for name, colour in (("red fox", (200, 60, 20)), ("blue jay", (20, 60, 200))):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        for i in range(3):
+            px = np.clip(np.array(colour) + rng.normal(0, 10, (48, 48, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(px).save(tmp_path / "photos" / name / f"{i}.jpg")
+    index = tmp_path / "index"
+    assert main(["index", "build", str(tmp_path / "photos"), "--labelled", "-o", str(index), "--model",
+                 str(tiny_model_dir)]) == 0
+    assert sorted(PhotoIndex.load(index).labels) == ["blue jay"] * 3 + ["red fox"] * 3
+    out = tmp_path / "hits.csv"
+    assert main(["index", "search", str(index), str(tmp_path / "photos" / "blue jay" / "1.jpg"), "--k", "1",
+                 "-o", str(out)]) == 0
+    hit = pd.read_csv(out).iloc[0]
+    assert hit["label"] == "blue jay" and hit["match"].endswith("blue jay/1.jpg")

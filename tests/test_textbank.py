@@ -205,3 +205,27 @@ def test_int8_bank_scores_exactly_as_its_float_copy(vocab, tmp_path, monkeypatch
     assert torch.equal(iq, i_f) and torch.allclose(pq, pf, rtol=1e-5)
     gq, gf = q.rollup(feats, "family", 3, 30.0), f.rollup(feats, "family", 3, 30.0)
     assert torch.equal(gq[1], gf[1]) and torch.allclose(gq[0], gf[0], rtol=1e-5)
+
+
+@pytest.mark.parametrize("compact", [False, True])
+def test_joined_banks_are_one_softmax_over_both(vocab, tmp_path, compact):
+    """`concat` (how prototypes join a vocabulary): the exact softmax over every row of both banks,
+    a subset's rows and an int8 bank's rows included, with the joined rows' weights kept."""
+    bank = TextBank.from_published(vocab)
+    if compact:
+        bank = TextBank.from_published(bank.save_compact(tmp_path / "compact"))
+    bank = bank.subset(np.arange(len(bank)) % 2 == 0)
+    extra_rows = torch.nn.functional.normalize(torch.randn(3, 32), dim=-1) * torch.tensor([[1.0], [0.5], [2.0]])
+    table = pd.DataFrame({c: ["X"] * 3 for c in tb.RANK_COLUMNS[:6]} | {"species_epithet": ["a", "b", "c"],
+                                                                       "common_name": [""] * 3})
+    joined = bank.concat(TextBank.from_arrays(extra_rows, table, name="mine"))
+    assert len(joined) == len(bank) + 3 and joined.dtype == bank.dtype
+    assert joined.table["species_epithet"].tolist()[-3:] == ["a", "b", "c"]
+    feats = torch.nn.functional.normalize(torch.randn(6, 32), dim=-1)
+    rows = torch.cat([bank.embeddings(), extra_rows])
+    expected = torch.softmax(feats @ rows.T * 20.0, dim=1)
+    p, i = joined.top_k(feats, 5, 20.0)
+    assert torch.allclose(p, expected.gather(1, i), rtol=5e-2 if compact else 1e-5)  # int8: a few % per score
+    assert torch.equal(i[:, 0], expected.argmax(1))
+    with pytest.raises(VocabularyError, match="cannot join"):
+        bank.concat(TextBank.from_arrays(torch.ones(1, 8), table.iloc[:1]))

@@ -16,6 +16,10 @@ def register(sub) -> None:
     b = cs.add_parser("build", help="index photos (files, folders, lists, shards)")
     b.add_argument("images", nargs="+")
     b.add_argument("--output", "-o", required=True, help="index folder to write")
+    b.add_argument("--labelled", action="store_true",
+                   help="the inputs are labelled photo sets (class folders, metadata.csv, or shards with JSON "
+                        "labels, e.g. bio-mini): search results name each match's class")
+    b.add_argument("--split", action="append", help="with --labelled: shard split(s) to index (default: all)")
     b.add_argument("--novelty-quantile", type=float, default=0.05,
                    help="share of the collection's own nearest-neighbour similarities below the novelty line "
                         "(default 0.05)")
@@ -49,13 +53,36 @@ def _embed(images, model: str, **kw):
 def _build(args: argparse.Namespace) -> int:
     from ..evaluate.search import PhotoIndex
 
-    names, vecs, failed = _embed(args.images, args.model,
-                                 pretrained=args.pretrained, device=args.device, precision=args.precision)
-    index = PhotoIndex.build(names, vecs, args.model, args.novelty_quantile)
+    labels = None
+    if args.labelled:
+        names, vecs, labels = _embed_labelled(args)
+        failed = 0
+    else:
+        names, vecs, failed = _embed(args.images, args.model,
+                                     pretrained=args.pretrained, device=args.device, precision=args.precision)
+    index = PhotoIndex.build(names, vecs, args.model, args.novelty_quantile, labels)
     index.save(args.output)
     print(f"taxoclip index: {len(names)} photos indexed -> {args.output} (novel below similarity "
           f"{index.threshold:.3f})", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _embed_labelled(args: argparse.Namespace):
+    """(names, vectors, class of each photo) of labelled sets; embeddings cached like `eval`'s."""
+    import numpy as np
+
+    from ..evaluate.embeddings import image_embeddings
+    from ..evaluate.prototypes import class_column, load_labelled
+    from ..models import load_model
+
+    model = load_model(args.model, pretrained=args.pretrained, device=args.device, precision=args.precision)
+    names, vecs, labels = [], [], []
+    for source in args.images:
+        ds = load_labelled(source, args.split or ("train", "val", "test"))
+        vecs.append(image_embeddings(model, ds))
+        names += ds.labels["file_name"].tolist()
+        labels += class_column(ds.labels).tolist()
+    return names, np.concatenate(vecs), labels
 
 
 def _search(args: argparse.Namespace) -> int:
@@ -65,9 +92,10 @@ def _search(args: argparse.Namespace) -> int:
     index = PhotoIndex.load(args.index)
     names, vecs, failed = _embed(args.images, index.model)
     sims, pos, novel = index.search(vecs, args.k) if len(names) else ([], [], [])
-    cols = ["file_name", "rank", "match", "similarity", "novel"]
+    cols = ["file_name", "rank", "match"] + ([] if index.labels is None else ["label"]) + ["similarity", "novel"]
     with open_writer(format_for(args.output, args.format), args.output, cols) as w:
         for q, name in enumerate(names):
-            w.write([{"file_name": name, "rank": r + 1, "match": index.names[int(j)], "similarity": float(s),
+            w.write([{"file_name": name, "rank": r + 1, "match": index.names[int(j)],
+                      **({} if index.labels is None else {"label": index.labels[int(j)]}), "similarity": float(s),
                       "novel": bool(novel[q])} for r, (s, j) in enumerate(zip(sims[q], pos[q]))])
     return 1 if failed else 0

@@ -27,6 +27,8 @@ def register(sub) -> None:
                                            "(HF dataset id, directory or txt_emb_species.npy)")
     what.add_argument("--taxa", help="build the vocabulary from this taxa table (CSV/Parquet with rank columns "
                                      "and common_name) instead of the published one")
+    what.add_argument("--prototypes", help="add your classes from `taxoclip prototypes build` to the vocabulary "
+                                           "(one softmax; prototype scores scaled to compete with text ones)")
     p.add_argument("--format", choices=["csv", "table", "jsonl", "parquet"],
                    help="output format (default: from --output's extension, else csv)")
     add_model_options(p)
@@ -58,17 +60,17 @@ def run(args: argparse.Namespace) -> int:
                          "vocabulary; they cannot be combined with --cls/--bins")
     if args.cls and args.bins:
         raise InputError("--cls and --bins cannot be combined")
-    if custom and (args.rank or args.subset or args.vocabulary or args.taxa):
+    if custom and (args.rank or args.subset or args.vocabulary or args.taxa or args.prototypes):
         raise InputError("--cls/--bins choose custom labels; they cannot be combined with --rank, --subset, "
-                         "--vocabulary or --taxa")
+                         "--vocabulary, --taxa or --prototypes")
     if wants_engine(args):
-        if deciding:
-            raise InputError("decisions (--decide, --scores, --prior …) are not made by --engine ray or --output DIR/ "
-                             "runs yet; run them with the local engine and a file output")
+        if deciding or args.prototypes:
+            raise InputError("decisions (--decide, --scores, --prior …) and --prototypes are not run by --engine ray "
+                             "or --output DIR/ yet; run them with the local engine and a file output")
         from ..scale import PredictTask
 
         labels = tuple(_classes(args.cls)) if args.cls else ()
-        bins = tuple(_bins(args.bins).items()) if args.bins else ()
+        bins = tuple(read_bins_csv(args.bins).items()) if args.bins else ()
         task = PredictTask(model=args.model, pretrained=args.pretrained, precision=args.precision,
                            rank=args.rank or "species", k=args.k, min_prob=args.min_prob, subset=args.subset,
                            vocabulary=args.vocabulary, taxa=args.taxa, labels=labels, bins=bins)
@@ -85,6 +87,11 @@ def run(args: argparse.Namespace) -> int:
         predictions = clf.predict_iter(loader, k=args.k, progress=None)
     else:
         clf = classify.TreeOfLifeClassifier(args.model, vocabulary=args.vocabulary, taxa=args.taxa, **common)
+        if args.prototypes:
+            from ..evaluate.prototypes import load_prototypes, merge_prototypes
+
+            merged = merge_prototypes(clf.full_bank, load_prototypes(args.prototypes, clf.model))
+            clf.full_bank = clf.bank = merged.to(clf.model.device)
         if args.subset:
             clf.restrict(args.subset)
         rank = args.rank or "species"

@@ -4,6 +4,8 @@ floor model."""
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
 
 import numpy as np
 import torch
@@ -22,7 +24,7 @@ def image_embeddings(model: ClipModel, dataset: EvalDataset, *, progress: bool |
     from ..classify import ImageEmbedder
 
     key = hash_key("eval-embeddings", model.fingerprint, model.id, model.preprocess.as_dict(), str(model.dtype),
-                   [file_fingerprint(s) for s in dataset.sources], [r.name for r in dataset.refs])
+                   [file_fingerprint(s) for s in dataset.sources], _identities(dataset.refs))
     with cache_entry("embeddings", key) as (final, tmp):
         if tmp is not None:
             vecs, errors = [], []
@@ -37,6 +39,13 @@ def image_embeddings(model: ClipModel, dataset: EvalDataset, *, progress: bool |
                 raise InputError(f"dataset {dataset.name}: {len(errors)} unreadable images ({'; '.join(errors[:3])})")
             np.save(tmp / "embeddings.npy", np.stack(vecs).astype(np.float32))
     return np.load(final / "embeddings.npy")
+
+
+def _identities(refs) -> list:
+    """Each photo's identity for the cache key: its file's real path (and offset in a shard), so
+    `../data/x` and `/abs/data/x` share one entry; in-memory images by name."""
+    real = functools.lru_cache(maxsize=None)(os.path.realpath)
+    return [[real(r.path), r.offset] if r.path else r.name for r in refs]
 
 
 def random_init_model(model_id: str, seed: int = 0, **kwargs) -> ClipModel:

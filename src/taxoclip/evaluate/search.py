@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -33,25 +33,39 @@ class PhotoIndex:
     model: str
     threshold: float  # novelty: a query whose best similarity is below this is novel
     quantile: float
+    labels: list[str] | None = None  # each photo's class, when the collection was labelled
+    _faiss: object = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def build(cls, names: Sequence[str], vectors: np.ndarray, model: str, quantile: float = 0.05) -> "PhotoIndex":
+    def build(cls, names: Sequence[str], vectors: np.ndarray, model: str, quantile: float = 0.05,
+              labels: Sequence[str] | None = None) -> "PhotoIndex":
         v = _unit(vectors)
         if len(v) < 2:
             raise InputError("an index needs at least two readable photos")
-        sims, _ = _search(v, v, 2)  # the first hit is the photo itself
-        return cls(v, list(names), model, float(np.quantile(sims[:, 1], quantile)), quantile)
+        index = cls(v, list(names), model, float("nan"), quantile, None if labels is None else list(labels))
+        sims, _ = index._search(v, 2)  # the first hit is the photo itself
+        index.threshold = float(np.quantile(sims[:, 1], quantile))
+        return index
 
     def search(self, vectors: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(similarities [Q, k'], positions [Q, k'], novel [Q])."""
-        sims, pos = _search(self.vectors, _unit(vectors), min(k, len(self.vectors)))
+        sims, pos = self._search(_unit(vectors), min(k, len(self.vectors)))
         return sims, pos, sims[:, 0] < self.threshold
+
+    def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._faiss is None:  # built once: adding 42K vectors costs more than a query
+            import faiss
+
+            self._faiss = faiss.IndexFlatIP(self.vectors.shape[1])
+            self._faiss.add(self.vectors)
+        return self._faiss.search(queries, k)
 
     def save(self, folder: str | os.PathLike) -> Path:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         np.save(folder / VECTORS, self.vectors)
-        pd.DataFrame({"file_name": self.names}).to_parquet(folder / NAMES, index=False)
+        photos = {"file_name": self.names} | ({} if self.labels is None else {"label": self.labels})
+        pd.DataFrame(photos).to_parquet(folder / NAMES, index=False)
         write_atomic(folder / META, json.dumps({"model": self.model, "photos": len(self.names), "dim":
                                                 int(self.vectors.shape[1]), "novelty_threshold": self.threshold,
                                                 "novelty_quantile": self.quantile}, indent=2).encode())
@@ -63,20 +77,15 @@ class PhotoIndex:
         try:
             meta = json.loads((folder / META).read_text())
             vectors = np.load(folder / VECTORS, allow_pickle=False)
-            names = pd.read_parquet(folder / NAMES)["file_name"].tolist()
+            photos = pd.read_parquet(folder / NAMES)
+            names = photos["file_name"].tolist()
         except (OSError, ValueError, KeyError) as e:
             raise InputError(f"{folder}: not a photo index (build one with `taxoclip index build`): {e}") from None
-        return cls(vectors, names, meta["model"], float(meta["novelty_threshold"]), float(meta["novelty_quantile"]))
+        labels = photos["label"].astype(str).tolist() if "label" in photos.columns else None
+        return cls(vectors, names, meta["model"], float(meta["novelty_threshold"]), float(meta["novelty_quantile"]),
+                   labels)
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
     v = np.ascontiguousarray(v, dtype=np.float32)
     return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-
-
-def _search(base: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    import faiss
-
-    index = faiss.IndexFlatIP(base.shape[1])
-    index.add(base)
-    return index.search(queries, k)

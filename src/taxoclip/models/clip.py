@@ -127,6 +127,24 @@ class ClipModel:
         return F.normalize(feats, dim=-1) if normalize else feats
 
     @torch.inference_mode()
+    def space_probe(self) -> torch.Tensor:
+        """[3, D] unit embeddings of three fixed synthetic images: where this model's image space puts them.
+
+        Vectors made by one model (prototypes, an index) mean nothing in another's space, even at
+        the same width (a retrained or random-init copy); comparing probes tells the spaces apart
+        whatever the weights' file path, precision or device."""
+        import numpy as np
+        from PIL import Image
+
+        rng = np.random.default_rng(0)
+        ramp = np.linspace(0, 255, 64)
+        images = [np.stack([*np.meshgrid(ramp, ramp[::-1]), np.full((64, 64), 128.0)], -1),
+                  rng.integers(0, 256, (64, 64, 3)),
+                  np.kron(rng.integers(0, 256, (8, 8, 3)), np.ones((8, 8, 1)))]
+        pixels = torch.stack([self.preprocess(Image.fromarray(a.astype(np.uint8))) for a in images])
+        return self.encode_image(pixels, normalize=True).cpu()
+
+    @torch.inference_mode()
     def encode_text(self, texts: Sequence[str], normalize: bool = True, batch_size: int = 256) -> torch.Tensor:
         """Texts -> [N, D] float32 embeddings (loads the text tower on first use)."""
         self._ensure_text()
