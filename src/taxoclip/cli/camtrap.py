@@ -50,7 +50,8 @@ def _classifier(args):
     from .. import classify
     from ..decide.calibration import load_calibration
     from ..errors import InputError
-    from .predict import _bins, _classes
+    from ..textbank import read_bins_csv
+    from .predict import _classes
 
     common = dict(model=args.model, pretrained=args.pretrained, device=args.device, precision=args.precision)
     if args.cls or args.bins:
@@ -61,7 +62,7 @@ def _classifier(args):
                              "--vocabulary, --subset or --prior")
         if args.cls:
             return classify.CustomLabelsClassifier(_classes(args.cls), **common)
-        return classify.CustomLabelsBinningClassifier(_bins(args.bins), **common)
+        return classify.CustomLabelsBinningClassifier(read_bins_csv(args.bins), **common)
     clf = classify.TreeOfLifeClassifier(common.pop("model"), vocabulary=args.vocabulary, **common)
     if args.subset:
         clf.restrict(args.subset)
