@@ -23,7 +23,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import zlib
 from pathlib import Path
@@ -81,44 +80,12 @@ def write_flat_png(path: Path, width: int, height: int, seed: int = 0, patch: in
 
 
 def run_tree(cmd: list[str], env: dict, interval: float = 0.2, kill_above_gb: float | None = None) -> dict:
-    """Run `cmd`; {"wall", "cpu" (user + system seconds of the tree), "peak_gb" (RSS summed over the
-    process tree, sampled), "rc", "killed", "stderr"}."""
-    import resource
+    """`_measure.measure` with the peak in GB (the process tree's summed RSS)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _measure import measure
 
-    import psutil
-
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, start_new_session=True)
-    peak, killed, stop = 0, False, threading.Event()
-
-    def sample() -> None:
-        nonlocal peak, killed
-        try:
-            root = psutil.Process(proc.pid)
-        except psutil.NoSuchProcess:
-            return
-        while not stop.is_set():
-            try:
-                rss = sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
-            except psutil.Error:
-                rss = 0
-            peak = max(peak, rss)
-            if kill_above_gb and rss > kill_above_gb * 2**30 and not killed:
-                killed = True
-                os.killpg(proc.pid, 9)
-            stop.wait(interval)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    _, err = proc.communicate()
-    wall = time.perf_counter() - t0
-    stop.set()
-    sampler.join()
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-    return {"wall": wall, "cpu": cpu, "peak_gb": peak / 2**30, "rc": proc.returncode, "killed": killed,
-            "stderr": err.decode()}
+    r = measure(cmd, env=env, interval=interval, kill_above_mb=kill_above_gb * 1024 if kill_above_gb else None)
+    return {**r, "peak_gb": r["peak_rss_mb"] / 1024}
 
 
 def statuses(csv_path: Path) -> dict[str, str]:

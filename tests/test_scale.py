@@ -40,13 +40,13 @@ def parts_of(folder: Path) -> dict[str, tuple[int, int]]:
 @pytest.fixture(scope="module")
 def many_photos(tmp_path_factory) -> list[str]:
     """Inputs for long runs: a folder of 1,000 real bio-mini photos when the corpus is here
-    (bees and fish test sets), else of 400 synthetic ones; and one broken photo."""
+    (bees and butterflies test sets), else of 400 synthetic ones; and one broken photo."""
     import tarfile
 
     from conftest import BIO_MINI
 
     folder = tmp_path_factory.mktemp("many")
-    shards = sorted((BIO_MINI / "bees").glob("test-*.tar")) + sorted((BIO_MINI / "fish").glob("test-*.tar"))
+    shards = sorted((BIO_MINI / "bees").glob("test-*.tar")) + sorted((BIO_MINI / "butterflies").glob("test-*.tar"))
     n = 0
     for shard in shards:
         with tarfile.open(shard) as tar:
@@ -264,7 +264,9 @@ def test_ray_engine_answers_as_the_local_engine_and_stays_on_loopback(many_photo
     assert {"raylet", "gcs_server"} <= {name for _, name in run.listening}, run.listening  # seen while it ran
     assert all(_loopback(ip) for ip, _ in run.listening), sorted(run.listening)
     assert run.survivors() == []  # the private instance is stopped at the end
-    same_answers(reference(many_photos), pd.read_csv(tmp_path / "ray.csv", keep_default_na=False))
+    ray_rows = pd.read_csv(tmp_path / "ray.csv", keep_default_na=False)
+    assert ray_rows.file_name.nunique() == len(list(Path(many_photos[0]).iterdir()))  # every photo answered
+    same_answers(reference(many_photos), ray_rows)
     assert not (tmp_path / "ray.csv.parts").exists()  # merged into the file, then removed
 
 

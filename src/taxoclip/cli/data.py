@@ -125,18 +125,14 @@ def _build(args: argparse.Namespace) -> int:
                            overwrite=args.overwrite, fetch=fetch, max_decode_memory=args.max_decode_memory)
     if args.engine == "ray" or args.address:
         from ._options import confine_private_ray
-        from ..scale.ray_engine import RayOrderedMap, ray_session
+        from ..scale.ray_engine import build_on_ray
 
         args.engine = "ray"
         status = confine_private_ray(args)
         if status is not None:
             return status
-        with ray_session(args.address):
-            import ray
-
-            options.mapper = RayOrderedMap
-            options.workers = args.num_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-            stats = build(args.inputs, args.out, exclude=args.exclude, config=config, options=options)
+        stats = build_on_ray(args.inputs, args.out, exclude=args.exclude, config=config, options=options,
+                             address=args.address, workers=args.num_workers)
     else:
         stats = build(args.inputs, args.out, exclude=args.exclude, config=config, options=options)
     counts = stats.get("build", {}).get("counts", {})

@@ -29,7 +29,7 @@ from .local import commit_in_parts
 from .parts import PartDir
 from .report import RunReport
 
-__all__ = ["run_ray", "ray_session", "RayOrderedMap", "DEFAULT_OBJECT_STORE"]
+__all__ = ["run_ray", "ray_session", "RayOrderedMap", "build_on_ray", "DEFAULT_OBJECT_STORE"]
 
 log = logging.getLogger(__name__)
 
@@ -242,3 +242,19 @@ class RayOrderedMap:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def build_on_ray(inputs, out, *, exclude=(), config=None, options=None, address: str | None = None,
+                 workers: int | None = None) -> dict:
+    """`data.build.build` with its worker batches on Ray actors (`workers`, default one per CPU of
+    the cluster); every decision stays in this process, so the output is the local build's."""
+    from dataclasses import replace
+
+    import ray
+
+    from ..data.build import BuildConfig, BuildOptions, build
+
+    with ray_session(address):
+        n = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        options = replace(options or BuildOptions(), mapper=RayOrderedMap, workers=n)
+        return build(inputs, out, exclude=exclude, config=config or BuildConfig(), options=options)
