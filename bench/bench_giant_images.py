@@ -80,12 +80,14 @@ def write_flat_png(path: Path, width: int, height: int, seed: int = 0, patch: in
 
 
 def run_tree(cmd: list[str], env: dict, interval: float = 0.2, kill_above_gb: float | None = None) -> dict:
-    """`_measure.measure` with the peak in GB (the process tree's summed RSS)."""
+    """`_measure.measure` with the peaks in GB: "peak_gb" (the process tree's summed RSS) and
+    "peak_pss_gb" (its proportional set size: shared pages once, the memory the machine gives)."""
     sys.path.insert(0, str(Path(__file__).parent))
     from _measure import measure
 
-    r = measure(cmd, env=env, interval=interval, kill_above_mb=kill_above_gb * 1024 if kill_above_gb else None)
-    return {**r, "peak_gb": r["peak_rss_mb"] / 1024}
+    r = measure(cmd, env=env, interval=interval, kill_above_mb=kill_above_gb * 1024 if kill_above_gb else None,
+                pss=True)
+    return {**r, "peak_gb": r["peak_rss_mb"] / 1024, "peak_pss_gb": r["peak_pss_mb"] / 1024}
 
 
 def statuses(csv_path: Path) -> dict[str, str]:
@@ -209,7 +211,7 @@ def main() -> None:
         n_ok = sum(v.startswith("ok") for v in st.values())
         normal_ok = sum(v.startswith("ok") for k, v in st.items() if k.endswith("_photo.jpg"))
         how = f"killed above {args.kill_above:.0f} GB" if r["killed"] else f"exit {r['rc']}"
-        print(f"{label:9s} peak tree RSS {r['peak_gb']:.2f} GB | wall {r['wall']:.1f} s | {how} | rows for "
+        print(f"{label:9s} peak tree RSS {r['peak_gb']:.2f} GB, PSS {r['peak_pss_gb']:.2f} GB | wall {r['wall']:.1f} s | {how} | rows for "
               f"{len(st)}/{args.giants + args.normal} photos ({n_ok} predictions; normal photos {normal_ok}/{args.normal})"
               f" | {' '.join(run_cmd[3:])}")
         for name in sorted(k for k in st if k.endswith("_giant.png")):

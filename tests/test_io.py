@@ -329,9 +329,11 @@ def test_memory_sizes_read_as_people_write_them():
 def test_predict_over_giant_pngs_stays_within_memory(tmp_path, tiny_model_dir):
     """`taxoclip predict --workers 2` over three 200 MP PNGs and six photos, in batches that make both
     workers meet a giant at once: two 16-bit colour PNGs (decoded whole, ~0.8 GB each: the 1.5 GB
-    budget lets one decode at a time) and one 8-bit (decoded band by band). The process tree stays
-    under 2.5 GB (the code before peaked at 2.85 GB here, 6.5 GB on bench_giant_images.py), and
-    every photo gets its row."""
+    budget lets one decode at a time) and one 8-bit (decoded band by band). The process tree's
+    memory (PSS: torch's shared pages once, not once per process as summed RSS counts them, which
+    varied by 0.35 GB between machines) stays under 2.0 GB: 1.6 GB measured here; letting both
+    workers decode at once (a 4 GB budget, as the code before the budget did) peaks at 2.2 GB. Every
+    photo gets its row."""
     import importlib.util
     import os
     import sys
@@ -351,8 +353,9 @@ def test_predict_over_giant_pngs_stays_within_memory(tmp_path, tiny_model_dir):
     out = tmp_path / "out.csv"
     cmd = [sys.executable, "-m", "taxoclip", "predict", str(folder), "--model", str(tiny_model_dir), "--cls",
            "fox,wolf,oak", "--workers", "2", "--batch-size", "3", "--max-decode-memory", "1.5GB", "--output", str(out)]
-    r = bench.run_tree(cmd, {**os.environ, "HF_HUB_OFFLINE": "1"}, interval=0.2, kill_above_gb=6)
+    r = bench.run_tree(cmd, {**os.environ, "HF_HUB_OFFLINE": "1"}, interval=0.1, kill_above_gb=6)
     assert r["rc"] == 0, r["stderr"][-2000:]
     st = bench.statuses(out)
     assert len(st) == 9 and all(v.startswith("ok") for v in st.values()), st
-    assert r["peak_gb"] < 2.5, f"process tree peaked at {r['peak_gb']:.2f} GB"
+    assert r["peak_pss_gb"] < 2.0, (f"process tree peaked at {r['peak_pss_gb']:.2f} GB PSS "
+                                    f"({r['peak_gb']:.2f} GB summed RSS); MB per pid then: {r['pss_at_peak']}")
