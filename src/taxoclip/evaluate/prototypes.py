@@ -20,7 +20,10 @@ every photo. Each prototype row is scaled by `text_similarity / prototype_simila
 a new photo's typical cosine to its class prototype (measured at build time, leave-one-out
 over classes with two or more photos) is mapped onto the typical cosine of photos to their
 best text row (measured at merge time against the vocabulary merged into). A text row of the
-same species as a prototype is dropped: your photos define it.
+same species as a prototype is dropped: your photos define it. For a species the vocabulary
+does not name, the best text row is a relative's, so the rule is cautious: on bio-mini it never
+cost the known species accuracy, and a somewhat larger scale (`factor`, `--prototype-scale`)
+won more of the new species' photos at no cost (bench/bench_prototypes.py, docs/evaluate.md).
 """
 from __future__ import annotations
 
