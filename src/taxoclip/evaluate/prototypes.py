@@ -55,12 +55,14 @@ ONE_PHOTO_SIMILARITY = 0.75
 
 
 def load_labelled(source: str | os.PathLike, splits: Sequence[str] = ("train", "val", "test")) -> EvalDataset:
-    """Labelled photos: a folder of class folders (`fox/1.jpg`), a `metadata.csv` folder, or shards."""
+    """Labelled photos: a folder of class folders (`fox/1.jpg`), a `metadata.csv` folder, shards, or a
+    folder of shard sets (bio-mini)."""
     path = Path(source)
     if not path.is_dir():
         raise InputError(f"{source}: not a folder of labelled photos")
     subs = sorted(d for d in path.iterdir() if d.is_dir())
-    if not (path / "metadata.csv").is_file() and subs and not any(path.glob("*.tar")):
+    shards = any(path.glob("*.tar")) or any(next(d.glob("*.tar"), None) for d in subs)  # bio-mini's layout
+    if not (path / "metadata.csv").is_file() and subs and not shards:
         refs, rows = [], []
         for d in subs:
             found, _ = find_images([str(d)])
