@@ -89,9 +89,11 @@ def test_trait_separation_reads_the_trait_within_species_and_not_shuffled_values
     assert out["probe_balanced_accuracy"] == 1.0 and out["direction_auc"] == 1.0
     assert out["shuffled_probe"] < 0.75 and out["shuffled_auc"] < 0.75
     one = labels.copy()
-    one.loc[0, "sex"] = "juvenile"  # a value seen on one photo only
-    with pytest.raises(InputError, match="'juvenile' has one photo"):
-        analysis.trait_separation(e, one, one["sex"])
+    one.loc[0, "sex"] = "juvenile"  # a value seen on one photo only: nothing to hold out, left out
+    out = analysis.trait_separation(e, one, one["sex"])
+    assert out["values"] == 2 and out["left_out"] == 1 and out["photos"] == 47
+    with pytest.raises(InputError, match="fewer than two values with two photos"):
+        analysis.trait_separation(e[:5], one.iloc[:5], one["sex"].iloc[:5])  # one juvenile, 3 males, 1 female
 
 
 def test_a_trait_no_species_varies_in_is_one_line():
@@ -169,6 +171,10 @@ def test_analyze_commands_end_to_end_and_their_one_line_errors(tmp_path, tiny_mo
     assert "within_abs_cos" in capsys.readouterr().out
     assert cli(["analyze", "order", str(root), *m, "--trait", "length", "--permutations", "19"]) == 0
     assert "p_value" in capsys.readouterr().out
+    values = tmp_path / "mass.csv"  # a per-species value from elsewhere, by binomial
+    values.write_text("taxon,mass_g\nAa x,10\nAa y,20\nBb z,30\nCc w,40\nDd v,50\n")
+    assert cli(["analyze", "order", str(root), *m, "--values", str(values), "--permutations", "19"]) == 0
+    assert "| 4 |" in capsys.readouterr().out  # the four species of the set that the file names
     # a trait that does not exist: one line naming it and what the set has
     assert cli(["analyze", "traits", str(root), *m, "--trait", "caste"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -60,3 +60,15 @@ def test_a_labelled_collection_names_each_matchs_class(tiny_model_dir, tmp_path)
                  "-o", str(out)]) == 0
     hit = pd.read_csv(out).iloc[0]
     assert hit["label"] == "blue jay" and hit["match"].endswith("blue jay/1.jpg")
+
+
+def test_a_folder_of_bio_mini_sets_is_indexed_with_its_taxa(bio_mini, tiny_model_dir, tmp_path):
+    from data_helpers import bio_mini_subset
+
+    sets = bio_mini_subset(bio_mini, tmp_path / "sets", per_set=4, sets=("butterflies", "fish"))
+    index = tmp_path / "index"
+    assert main(["index", "build", str(sets), "--labelled", "--split", "train", "-o", str(index), "--model",
+                 str(tiny_model_dir)]) == 0
+    built = PhotoIndex.load(index)
+    assert len(built.names) == 8 and all(n.endswith(".jpg") for n in built.names)
+    assert all(label[:1].isupper() for label in built.labels)  # the deepest labelled taxon, not the source's label

@@ -12,9 +12,10 @@ differences between species?
   with the same group sizes). Lower than shuffled = the trait moves photos away from the
   species subspace more than random photo differences do.
 - `trait_separation`: is the trait still readable once species is removed? Each photo minus
-  its species' mean photo, a logistic-regression probe predicting the trait, stratified
-  k-fold cross-validation: balanced accuracy against chance (1 / values) and against the same
-  probe on shuffled values; and the AUC of held-out photos along each value's direction (its
+  its species' mean photo (over the training fold), a logistic-regression probe (features scaled
+  to unit spread by one factor, balanced class weights) predicting the trait, stratified k-fold cross-validation:
+  balanced accuracy against chance (1 / values) and against the same probe on values shuffled
+  within each species; and the AUC of held-out photos along each value's direction (its
   training photos' mean minus the others'), averaged over values: 0.5 = not separated.
 """
 from __future__ import annotations
@@ -92,35 +93,48 @@ def trait_orthogonality(emb: np.ndarray, labels: pd.DataFrame, trait: pd.Series,
 
 def trait_separation(emb: np.ndarray, labels: pd.DataFrame, trait: pd.Series, folds: int = 5,
                      seed: int = 0) -> dict:
-    """Cross-validated within-species probe of the trait (see the module docstring)."""
+    """Cross-validated within-species probe of the trait (see the module docstring). Values seen
+    on one photo only are left out (nothing to hold out); `left_out` counts those photos."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import balanced_accuracy_score, roc_auc_score
     from sklearn.model_selection import StratifiedKFold
 
     e, sp, t = _within(emb, labels, trait)
-    centred = e.copy()
-    for s in np.unique(sp):
-        centred[sp == s] -= e[sp == s].mean(0)
     values, counts = np.unique(t, return_counts=True)
-    n_folds = min(folds, int(counts.min()))
-    if n_folds < 2:
-        raise InputError(f"trait {trait.name}: value {values[counts.argmin()]!r} has one photo; "
-                         "cross-validation needs two per value")
-    split = StratifiedKFold(n_folds, shuffle=True, random_state=seed)
+    kept = np.isin(t, values[counts >= 2])
+    e, sp, t = e[kept], sp[kept], t[kept]
+    values, counts = np.unique(t, return_counts=True)
+    if len(values) < 2:
+        raise InputError(f"trait {trait.name}: fewer than two values with two photos or more; nothing to "
+                         "cross-validate")
+    split = StratifiedKFold(min(folds, int(counts.min())), shuffle=True, random_state=seed)
+
+    def centred(rows: np.ndarray, fit: np.ndarray) -> np.ndarray:
+        """Photos minus their species' mean over the training photos `fit` (held-out photos never
+        shift the means they are measured against)."""
+        out = e[rows].copy()
+        for s in np.unique(sp[rows]):
+            ref = fit[sp[fit] == s]
+            out[sp[rows] == s] -= e[ref if len(ref) else rows[sp[rows] == s]].mean(0)
+        return out
 
     def probe(y: np.ndarray) -> tuple[float, float]:
         pred, aucs = np.empty(len(y), dtype=object), []
-        for tr, te in split.split(centred, y):
-            pred[te] = LogisticRegression(max_iter=2000).fit(centred[tr], y[tr]).predict(centred[te])
+        for tr, te in split.split(e, y):
+            x_tr, x_te = centred(tr, tr), centred(te, tr)
+            scale = max(float(x_tr.std()), 1e-12)  # one factor: the probe's regularisation sees unit-size
+            model = LogisticRegression(max_iter=2000, class_weight="balanced")  # features, geometry kept
+            pred[te] = model.fit(x_tr / scale, y[tr]).predict(x_te / scale)
             for g in values:
                 inside = y[te] == g
-                if inside.all() or not inside.any():
+                if inside.all() or not inside.any() or (y[tr] == g).all():
                     continue
-                u = centred[tr][y[tr] == g].mean(0) - centred[tr][y[tr] != g].mean(0)
-                aucs.append(roc_auc_score(inside, centred[te] @ u))
+                u = x_tr[y[tr] == g].mean(0) - x_tr[y[tr] != g].mean(0)
+                aucs.append(roc_auc_score(inside, x_te @ u))
         return float(balanced_accuracy_score(y, pred.astype(str))), float(np.mean(aucs))
 
     acc, auc = probe(t)
     acc0, auc0 = probe(_shuffle_within(sp, t, np.random.default_rng(seed)))
-    return {"species": len(set(sp)), "photos": len(t), "values": len(values), "probe_balanced_accuracy": acc,
-            "chance": 1 / len(values), "shuffled_probe": acc0, "direction_auc": auc, "shuffled_auc": auc0}
+    return {"species": len(set(sp)), "photos": len(t), "values": len(values), "left_out": int((~kept).sum()),
+            "probe_balanced_accuracy": acc, "chance": 1 / len(values), "shuffled_probe": acc0,
+            "direction_auc": auc, "shuffled_auc": auc0}

@@ -54,8 +54,9 @@ def run(args: argparse.Namespace) -> int:
     sets = load_datasets(args.dataset, args.split or ["val", "test"])
     column = {"traits": getattr(args, "trait", None), "map": getattr(args, "colour", None),
               "order": getattr(args, "trait", None)}.get(args.analysis)
-    if column:
-        sets = _having(sets, column)
+    if column:  # pooled analyses keep the sets without it (their species still span the subspace)
+        having = _having(sets, column)
+        sets = having if args.analysis == "order" else sets
     rows = []
     for model in models:
         embedded = [(ds, image_embeddings(model, ds)) for ds in sets]
@@ -79,10 +80,13 @@ def run(args: argparse.Namespace) -> int:
 def _hierarchy(args, model, ds, emb) -> dict:
     from .. import analysis
 
+    from ..analysis.species import RANKS
+
     table, rho = analysis.hierarchy(emb, ds.labels)
-    ami = analysis.cluster_agreement(emb, ds.labels)
-    return {"rho": rho, **{f"cos {r['shared']}": r["mean_cosine"] for r in table.to_dict("records")},
-            **{f"ami {r['rank']}": r["ami"] for r in ami.to_dict("records")}}
+    ami = analysis.cluster_agreement(emb, ds.labels).set_index("rank")["ami"]
+    return {"species": len(analysis.centroids(emb, ds.labels)[1]), "rho": rho,
+            **{f"cos {r['shared']}": r["mean_cosine"] for r in table.to_dict("records")},
+            **{f"ami {r}": ami.get(r, float("nan")) for r in RANKS}}
 
 
 def _traits(args, model, ds, emb) -> dict:
@@ -166,7 +170,8 @@ def _pooled(embedded):
         return embedded[0]
     sets = [d for d, _ in embedded]
     labels = pd.concat([d.labels for d in sets], ignore_index=True).fillna("")
-    ds = EvalDataset("+".join(d.name for d in sets), [r for d in sets for r in d.refs], labels,
+    name = "+".join(d.name for d in sets) if len(sets) <= 3 else f"{len(sets)} sets pooled"
+    ds = EvalDataset(name, [r for d in sets for r in d.refs], labels,
                      [s for d in sets for s in d.sources])
     return ds, np.concatenate([e for _, e in embedded])
 

@@ -29,6 +29,9 @@ def register(sub) -> None:
                                      "and common_name) instead of the published one")
     what.add_argument("--prototypes", help="add your classes from `taxoclip prototypes build` to the vocabulary "
                                            "(one softmax; prototype scores scaled to compete with text ones)")
+    what.add_argument("--prototype-scale", type=float,
+                      help="with --prototypes: the factor on prototype cosines instead of the calibrated one "
+                           "(higher favours your classes; see docs/evaluate.md)")
     p.add_argument("--format", choices=["csv", "table", "jsonl", "parquet"],
                    help="output format (default: from --output's extension, else csv)")
     add_model_options(p)
@@ -90,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
         if args.prototypes:
             from ..evaluate.prototypes import load_prototypes, merge_prototypes
 
-            merged = merge_prototypes(clf.full_bank, load_prototypes(args.prototypes, clf.model))
+            merged = merge_prototypes(clf.full_bank, load_prototypes(args.prototypes, clf.model),
+                                      factor=args.prototype_scale)
             clf.full_bank = clf.bank = merged.to(clf.model.device)
         if args.subset:
             clf.restrict(args.subset)
