@@ -48,6 +48,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        if getattr(args, "engine", None) == "ray":  # a private Ray instance: under the loopback guard
+            from ._options import confine_private_ray
+
+            status = confine_private_ray(args)
+            if status is not None:
+                return status
         return int(args.func(args) or 0)
     except TaxoclipError as e:
         print(f"taxoclip {args.command}: error: {e}", file=sys.stderr)

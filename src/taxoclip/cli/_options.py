@@ -142,7 +142,8 @@ def wants_engine(args: argparse.Namespace) -> bool:
 def confine_private_ray(args: argparse.Namespace) -> int | None:
     """A private Ray instance must stay on loopback: re-run this command under the guard
     (`scale.loopback`) unless it already is, or a cluster address was given. Returns the
-    exit status of that re-run, or None to go on here."""
+    exit status of that re-run, or None to go on here. `cli.main` calls it before a command
+    starts, so the work before Ray starts is done once, in the re-run."""
     from ..scale.loopback import run_confined, should_confine
 
     if args.address or args.engine != "ray" or not should_confine():
@@ -162,9 +163,6 @@ def run_with_engine(args: argparse.Namespace, task, command: str) -> int:
 
     if args.address:
         args.engine = "ray"
-    status = confine_private_ray(args)
-    if status is not None:
-        return status
     output = args.output
     if output in (None, "-", "stdout"):
         raise InputError("--engine ray writes resumable parts: give --output DIR/ (or a file, e.g. -o out.csv)")

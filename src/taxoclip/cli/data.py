@@ -123,14 +123,9 @@ def _build(args: argparse.Namespace) -> int:
         fetch["allow_private_addresses"] = True
     options = BuildOptions(workers=args.workers, checkpoint_every=args.checkpoint_every, progress=args.progress,
                            overwrite=args.overwrite, fetch=fetch, max_decode_memory=args.max_decode_memory)
-    if args.engine == "ray" or args.address:
-        from ._options import confine_private_ray
+    if args.engine == "ray" or args.address:  # a private instance runs confined (`cli.main`)
         from ..scale.ray_engine import build_on_ray
 
-        args.engine = "ray"
-        status = confine_private_ray(args)
-        if status is not None:
-            return status
         stats = build_on_ray(args.inputs, args.out, exclude=args.exclude, config=config, options=options,
                              address=args.address, workers=args.num_workers)
     else:

@@ -21,15 +21,15 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import classify
-    from ..io.writers import format_for, open_writer
-
     if wants_engine(args):
-        from ..scale import EmbedTask
+        from ..scale import EmbedTask  # light: torch is imported while Ray starts (`scale.run`)
 
         task = EmbedTask(model=args.model, pretrained=args.pretrained, precision=args.precision,
                          normalize=args.normalize)
         return run_with_engine(args, task, "embed")
+    from .. import classify
+    from ..io.writers import format_for, open_writer
+
     loader, problems = start_loader(args, "embed")
     if loader is None:
         return 2

@@ -51,10 +51,7 @@ def _classes(arg: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import classify
     from ..errors import InputError
-    from ..io.writers import format_for, open_writer
-    from ..textbank import read_bins_csv
 
     custom = args.cls or args.bins
     deciding = wants_decisions(args)
@@ -70,14 +67,21 @@ def run(args: argparse.Namespace) -> int:
         if deciding or args.prototypes:
             raise InputError("decisions (--decide, --scores, --prior …) and --prototypes are not run by --engine ray "
                              "or --output DIR/ yet; run them with the local engine and a file output")
-        from ..scale import PredictTask
+        from ..scale import PredictTask  # light: torch is imported while Ray starts (`scale.run`)
 
         labels = tuple(_classes(args.cls)) if args.cls else ()
-        bins = tuple(read_bins_csv(args.bins).items()) if args.bins else ()
+        bins = ()
+        if args.bins:
+            from ..textbank import read_bins_csv
+
+            bins = tuple(read_bins_csv(args.bins).items())
         task = PredictTask(model=args.model, pretrained=args.pretrained, precision=args.precision,
                            rank=args.rank or "species", k=args.k, min_prob=args.min_prob, subset=args.subset,
                            vocabulary=args.vocabulary, taxa=args.taxa, labels=labels, bins=bins)
         return run_with_engine(args, task, "predict")
+    from .. import classify
+    from ..io.writers import format_for, open_writer
+    from ..textbank import read_bins_csv
     loader, problems = start_loader(args, "predict")
     if loader is None:
         return 2

@@ -108,7 +108,7 @@ def run_ray(parts: PartDir, *, num_workers: int | None = None, gpus_per_worker: 
           # half a CPU per decode task: light work, and resources unlike the model stage's keep Ray
           # Data from fusing decoding into the model actor, so the two run side by side
           .map_batches(_decode, fn_kwargs={"preprocess": preprocess, "draft": draft}, batch_size=batch_size,
-                       batch_format="pyarrow", num_cpus=0.5)
+                       batch_format="pyarrow", num_cpus=0.5, concurrency=_decode_tasks(workers, gpus_per_worker))
           .map_batches(_ModelWorker, fn_constructor_kwargs={"task": task.as_dict(), "device": device,
                                                               "batch_size": batch_size},
                        batch_size=batch_size, batch_format="numpy",
@@ -132,6 +132,20 @@ def _default_workers(gpus_per_worker: float) -> int:
     if gpus_per_worker:
         return max(1, int(ray.cluster_resources().get("GPU", 0) // gpus_per_worker))
     return max(1, sum(1 for n in ray.nodes() if n.get("Alive")))
+
+
+def _decode_tasks(workers: int, gpus_per_worker: float) -> int:
+    """Decode tasks at once: the local engine's rule (`io.images.default_workers`) over the
+    cluster. A CPU model actor keeps its node's cores busy, so decoding gets the cores left over
+    (at most four per node); with GPU actors every CPU decodes. More would oversubscribe: on 2
+    cores, two decode tasks beside the model gave 67 photos/s, one 86-99."""
+    import ray
+
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    if gpus_per_worker:
+        return max(1, cpus)
+    nodes = max(1, sum(1 for n in ray.nodes() if n.get("Alive")))
+    return max(1, min(4 * nodes, cpus - workers))
 
 
 def _default_batch_size(task, device: str) -> int:
