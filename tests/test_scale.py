@@ -181,6 +181,22 @@ def test_bad_photo_is_an_error_row_in_its_part(offline_hub, photos, tmp_path, ca
     assert (df[df.file_name != str(bad)].error == "").all()
 
 
+def test_run_summary_separates_start_up_from_throughput(monkeypatch):
+    """The summary a long run prints: seconds to the first answers, then images/s counted from
+    there (the first batch, answered at once, is not in the rate)."""
+    from taxoclip.scale import report as report_module
+    from taxoclip.scale.report import RunReport
+
+    clock = iter([10.0] * 4 + [12.0] * 4 + [14.0] * 4)
+    monkeypatch.setattr(report_module.time, "monotonic", lambda: next(clock))
+    rep = RunReport(started=0.0)
+    for _ in range(12):
+        rep.count([{"file_name": "a.jpg"}])
+    assert rep.startup_s == 10.0 and rep.images_per_s == 2.0
+    assert "first answers after 10.0 s, then 2.0 images/s" in rep.summary()
+    assert "images/s" not in RunReport().summary()  # nothing answered: no rate to report
+
+
 # ----- the Ray engine ----------------------------------------------------------------------------
 def _taxoclip(*args) -> list[str]:
     return [sys.executable, "-m", "taxoclip", *map(str, args)]
