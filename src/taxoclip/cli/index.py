@@ -86,9 +86,16 @@ def _embed_labelled(args: argparse.Namespace):
 
 
 def _search(args: argparse.Namespace) -> int:
-    from ..evaluate.search import PhotoIndex
+    import torch
+
+    from ..evaluate.search import FEW_QUERIES, PhotoIndex
+    from ..io.images import find_images
     from ..io.writers import format_for, open_writer
 
+    if len(find_images(args.images)[0]) < FEW_QUERIES:
+        # one photo at a time gains nothing from a second thread, and waits for it: one query,
+        # decode + image tower, 21.5 ms on one thread vs 75.9 on two (bench/bench_index.py)
+        torch.set_num_threads(1)
     index = PhotoIndex.load(args.index)
     names, vecs, failed = _embed(args.images, index.model)
     sims, pos, novel = index.search(vecs, args.k) if len(names) else ([], [], [])
