@@ -170,9 +170,14 @@ class TreeOfLifeClassifier(_Base):
         super().__init__(model, **kwargs)
         bank = (TextBank.from_taxa(self.model, taxa) if taxa is not None
                 else TextBank.from_published(vocabulary, model=self.model))
-        self.full_bank = bank.to(self.model.device)
-        self.bank = self.full_bank
+        self.use_vocabulary(bank)
         self.temperature = 1.0  # a calibration's (`taxoclip calibrate`); 1 = the model's own scale
+
+    def use_vocabulary(self, bank: TextBank) -> "TreeOfLifeClassifier":
+        """Predict over `bank` from now on (e.g. the vocabulary with prototypes merged in,
+        `evaluate.prototypes.merge_prototypes`); a subset chosen before is dropped."""
+        self.full_bank = self.bank = bank.to(self.model.device)
+        return self
 
     # pybioclip's subset API
     def get_label_data(self) -> pd.DataFrame:

@@ -92,12 +92,13 @@ def _search(args: argparse.Namespace) -> int:
     from ..io.images import find_images
     from ..io.writers import format_for, open_writer
 
-    if len(find_images(args.images)[0]) < FEW_QUERIES:
+    refs, _ = find_images(args.images)  # found once: the embedder passes found refs through
+    if len(refs) < FEW_QUERIES:
         # one photo at a time gains nothing from a second thread, and waits for it: one query,
         # decode + image tower, 21.5 ms on one thread vs 75.9 on two (bench/bench_index.py)
         torch.set_num_threads(1)
     index = PhotoIndex.load(args.index)
-    names, vecs, failed = _embed(args.images, index.model)
+    names, vecs, failed = _embed(refs or args.images, index.model)  # none found: its error names the inputs
     sims, pos, novel = index.search(vecs, args.k) if len(names) else ([], [], [])
     cols = ["file_name", "rank", "match"] + ([] if index.labels is None else ["label"]) + ["similarity", "novel"]
     with open_writer(format_for(args.output, args.format), args.output, cols) as w:

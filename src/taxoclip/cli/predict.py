@@ -97,9 +97,8 @@ def run(args: argparse.Namespace) -> int:
         if args.prototypes:
             from ..evaluate.prototypes import load_prototypes, merge_prototypes
 
-            merged = merge_prototypes(clf.full_bank, load_prototypes(args.prototypes, clf.model),
-                                      factor=args.prototype_scale)
-            clf.full_bank = clf.bank = merged.to(clf.model.device)
+            clf.use_vocabulary(merge_prototypes(clf.full_bank, load_prototypes(args.prototypes, clf.model),
+                                                factor=args.prototype_scale))
         if args.subset:
             clf.restrict(args.subset)
         rank = args.rank or "species"
