@@ -207,6 +207,29 @@ def test_int8_bank_scores_exactly_as_its_float_copy(vocab, tmp_path, monkeypatch
     assert torch.equal(gq[1], gf[1]) and torch.allclose(gq[0], gf[0], rtol=1e-5)
 
 
+def test_packed_int8_bank_scores_as_its_float_copy(vocab, tmp_path, monkeypatch):
+    """Packed for the CPU's int8 product (how a server scans its small batches), an int8 bank
+    gives the float32 rows' answers: the best rows, their scores, roll-ups and decision masses."""
+    if not tb.Int8Rows.available():
+        pytest.skip("no FBGEMM int8 product on this CPU")
+    monkeypatch.setattr(tb, "CHUNK_ROWS", 64)
+    out = TextBank.from_published(vocab).save_compact(tmp_path / "compact")
+    q, f = TextBank.from_published(out), TextBank.from_published(out, dtype=torch.float32)
+    assert q.pack_int8() and not f.pack_int8()  # only int8 rows pack
+    feats = torch.nn.functional.normalize(torch.randn(tb.INT8_MAX_BATCH, 32), dim=-1)
+    for batch in (feats[:1], feats[:9], feats):
+        (pq, iq), (pf, i_f) = q.top_k(batch, 5, 30.0), f.top_k(batch, 5, 30.0)
+        assert torch.equal(iq, i_f) and torch.allclose(pq, pf, rtol=1e-5)
+    gq, gf = q.rollup(feats, "family", 3, 30.0), f.rollup(feats, "family", 3, 30.0)
+    assert torch.equal(gq[1], gf[1]) and torch.allclose(gq[0], gf[0], rtol=1e-5)
+    (rq, _, mq), (rf, _, mf) = q.masses(feats, 30.0, 5, 3), f.masses(feats, 30.0, 5, 3)
+    assert torch.allclose(rq, rf, rtol=1e-5) and torch.allclose(mq[tb.Rank.ORDER][0], mf[tb.Rank.ORDER][0], rtol=1e-5)
+    sub = q.subset(np.arange(len(q)) % 3 == 0)
+    assert sub.pack_int8()
+    (pq, iq), (pf, i_f) = sub.top_k(feats, 3, 30.0), f.subset(np.arange(len(f)) % 3 == 0).top_k(feats, 3, 30.0)
+    assert torch.equal(iq, i_f) and torch.allclose(pq, pf, rtol=1e-5)
+
+
 @pytest.mark.parametrize("compact", [False, True])
 def test_joined_banks_are_one_softmax_over_both(vocab, tmp_path, compact):
     """`concat` (how prototypes join a vocabulary): the exact softmax over every row of both banks,

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import FastAPI, File, Form, HTTPException, Query, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
@@ -93,24 +93,9 @@ def create_app(settings: ServeSettings | None = None, service=None) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["*"])
 
-    app.add_middleware(BodyLimit, limit=settings.limits.max_request_bytes, on_refused=lambda path: requests.labels(
-        _route(path), "413").inc())
+    app.add_middleware(BodyLimit, limit=settings.limits.max_request_bytes)
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        """API key (constant-time comparison) and metrics."""
-        route = _route(request.url.path)
-        start = time.perf_counter()
-        if request.url.path.startswith("/v1/") and api_key is not None:
-            given = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ")
-            if not hmac.compare_digest(given.encode(), api_key.encode()):
-                requests.labels(route, "401").inc()
-                return JSONResponse({"detail": "missing or wrong API key"}, status_code=401)
-        response = await call_next(request)
-        if request.url.path.startswith("/v1/") or route != "other":
-            requests.labels(route, str(response.status_code)).inc()
-            latency.labels(route).observe(time.perf_counter() - start)
-        return response
+    app.add_middleware(Guard, api_key=api_key, requests=requests, latency=latency)
 
     def service_or_503():
         svc = state["service"]
@@ -186,8 +171,10 @@ def create_app(settings: ServeSettings | None = None, service=None) -> FastAPI:
             names = [x for x in labels.replace("\n", ",").split(",") if x.strip()]
             if names:
                 key = await run_in_threadpool(svc.labels_key, names, k)
-            else:
+            elif subset.strip():  # masking the vocabulary may take a moment (once per subset)
                 key = await run_in_threadpool(svc.taxa_key, rank, k, subset_rank, subset.split(","))
+            else:
+                key = svc.taxa_key(rank, k, None, ())
         except (InputError, ValueError) as e:
             raise HTTPException(422, str(e)) from None
         tensors, errors = await decode_all(svc, files)
@@ -200,15 +187,16 @@ def create_app(settings: ServeSettings | None = None, service=None) -> FastAPI:
 
             def fmt(rows):
                 return {"rank": r.label, "candidates": [_candidate(row, r) for row in rows]}
-        return {"model": svc.model.id, "results": per_photo(files, tensors, errors, results, fmt)}
+        # plain JSON types already: FastAPI's encoder would walk every candidate again
+        return JSONResponse({"model": svc.model.id, "results": per_photo(files, tensors, errors, results, fmt)})
 
     @app.post("/v1/embed", summary="Embed photos in the model's image-text space")
     async def embed(files: list[UploadFile] = File(...)):
         svc = service_or_503()
         tensors, errors = await decode_all(svc, files)
         results = await run_batched(svc, tensors, ("embed",))
-        return {"model": svc.model.id, "dim": svc.model.embed_dim,
-                "results": per_photo(files, tensors, errors, results, lambda v: {"embedding": [float(x) for x in v]})}
+        return JSONResponse({"model": svc.model.id, "dim": svc.model.embed_dim, "results": per_photo(
+            files, tensors, errors, results, lambda v: {"embedding": [float(x) for x in v]})})
 
     @app.get("/v1/taxa", summary="Find taxa by the start of a scientific or common name")
     async def taxa(q: str = Query(..., min_length=1, max_length=200), limit: int = Query(20, ge=1, le=200)):
@@ -266,8 +254,8 @@ class BodyLimit:
     """ASGI middleware: a request body over `limit` bytes is refused with 413, from its
     Content-Length before anything is read, or (chunked) as soon as the count passes the limit."""
 
-    def __init__(self, app, limit: int, on_refused=None):
-        self.app, self.limit, self.on_refused = app, limit, on_refused
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
@@ -301,11 +289,41 @@ class BodyLimit:
                 await self._refuse(scope, send)
 
     async def _refuse(self, scope, send):
-        if self.on_refused:
-            self.on_refused(scope["path"])
         response = JSONResponse({"detail": f"request body over {self.limit:,} bytes"}, status_code=413,
                                 headers={"Connection": "close"})
         await response(scope, None, send)
+
+
+class Guard:
+    """ASGI middleware: the API key on /v1/ routes (constant-time comparison) and request metrics.
+    (Plain ASGI: Starlette's `BaseHTTPMiddleware` costs a stream and a task group per request.)"""
+
+    def __init__(self, app, api_key: str | None, requests, latency):
+        self.app, self.api_key, self.requests, self.latency = app, api_key, requests, latency
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        route, start, status = _route(path), time.perf_counter(), 500
+        if path.startswith("/v1/") and self.api_key is not None:
+            headers = dict(scope["headers"])
+            given = headers.get(b"x-api-key") or headers.get(b"authorization", b"").removeprefix(b"Bearer ")
+            if not hmac.compare_digest(given, self.api_key.encode()):
+                self.requests.labels(route, "401").inc()
+                return await JSONResponse({"detail": "missing or wrong API key"}, status_code=401)(scope, receive, send)
+
+        async def observed(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+        try:
+            await self.app(scope, receive, observed)
+        finally:
+            if path.startswith("/v1/") or route != "other":
+                self.requests.labels(route, str(status)).inc()
+                self.latency.labels(route).observe(time.perf_counter() - start)
 
 
 def _safe_name(name: str | None) -> str:
