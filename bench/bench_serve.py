@@ -8,7 +8,9 @@ Starts the server (bound to 127.0.0.1, a free port), sends keep-alive requests f
 the shared 2 cores as little as possible) and prints: requests and photos per second,
 failures by status, p50/p90/p99 latency, the server's resident memory after the first and
 the last 1,000 requests, and the ratio to `taxoclip predict` photos/s (steady state,
-(512 - 64) / (T512 - T64)) measured in the same run. Nothing is sent to any other address.
+(512 - 64) / (T512 - T64), medians of 3) measured in the same run, before and after the load
+(this machine's speed drifts by tens of percent within minutes). Nothing is sent to any
+other address.
 """
 from __future__ import annotations
 
@@ -77,14 +79,17 @@ def main() -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-serve-"))
     photos = make_photos(work / "photos", 512)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TAXOCLIP_CACHE": str(work / "taxoclip-cache")}
-    cli = None
-    if not args.skip_cli:
+    def cli_steady() -> float:
         def ours(ph, out):
             return ["taxoclip", "predict", *map(str, ph), "--output", str(out)]
-        timed(ours(photos[:2], work / "warm.csv"), env)  # prepares the cache for both
         t64 = statistics.median(timed(ours(photos[:64], work / "c64.csv"), env)["wall_s"] for _ in range(3))
         t512 = statistics.median(timed(ours(photos, work / "c512.csv"), env)["wall_s"] for _ in range(3))
-        cli = 448 / (t512 - t64)
+        return 448 / (t512 - t64)
+
+    cli = []  # measured before and after the load: this machine's speed drifts within minutes
+    if not args.skip_cli:
+        timed(["taxoclip", "predict", *map(str, photos[:2]), "--output", str(work / "warm.csv")], env)  # the cache
+        cli.append(cli_steady())
 
     port = free_port()
     server = subprocess.Popen(["taxoclip", "serve", "--host", HOST, "--port", str(port), "--max-batch",
@@ -139,6 +144,8 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(30)
+    if cli:
+        cli.append(cli_steady())
 
     n = len(latencies)
     q = statistics.quantiles(latencies, n=100)
@@ -154,7 +161,9 @@ def main() -> None:
         print(f"server RSS after {first[0]} requests {first[1]:.3f} GB, after {last[0]} requests {last[1]:.3f} GB "
               f"(all samples: {' '.join(f'{g:.3f}' for _, g in rss)})")
     if cli:
-        print(f"offline CLI (same model, this run): {cli:.1f} photos/s steady | server/CLI {photos_s / cli:.2f}")
+        mean = statistics.mean(cli)
+        print(f"offline CLI (same model, this run): {cli[0]:.1f} photos/s steady before the load, {cli[1]:.1f} after | "
+              f"server/CLI {photos_s / mean:.2f} (of their mean {mean:.1f})")
 
 
 if __name__ == "__main__":
