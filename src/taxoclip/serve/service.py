@@ -47,7 +47,7 @@ class IdentificationService:
     def __init__(self, model: str | None = None, *, device: str = "auto", precision: str = "auto",
                  max_batch: int = 64, max_wait_s: float = 0.025, max_queue: int = 512):
         self.classifier = TreeOfLifeClassifier(model, device=device, precision=precision, workers=0)
-        self.classifier.full_bank.pack_int8()  # a server's batches are small: they scan ~3x faster packed
+        self.classifier.full_bank.pack_int8()  # a server's batches are small: packed, they scan 2-3x faster
         self.model = self.classifier.model
         self._labels = _LRU(16)
         self._subsets = _LRU(32)
