@@ -602,12 +602,16 @@ class Int8Rows:
     """An int8 bank's rows packed for the CPU's int8 matrix product (FBGEMM, through torch's
     quantized linear): a scan reads a quarter of the bytes of the float32 product and never widens.
 
-    300,212 rows, 2 Zen 3 cores, ms per photo for the whole top-5 (`TextBank.top_k`): 2.8 against
-    5.1-7.7 for the float32 product at 16 photos a batch, 3.5-4.4 against 7.2-10.0 at 9, and
-    18-23 against 31-63 for one; at 64 (the CLI's batches) both cost about the same, so larger
-    batches keep the float32 product. The logits are within ~1e-5 of the float32 product's
-    (`logit_chunks`), and the best candidates are still rescored in fp32. Packing takes
-    ~0.2 s, once per bank.
+    300,212 rows, 2 Zen 3 cores, ms per photo for the whole top-5 (`python bench/bench_scan.py`):
+
+    | photos per batch | 1 | 9 | 16 | 32 | 64 |
+    |---|---:|---:|---:|---:|---:|
+    | int8 | 20.9 | 3.8 | 2.7-2.9 | 2.6-4.6 | 3.0 |
+    | float32 | 33.9 | 10.4 | 5.1-6.1 | 2.8-3.7 | 2.9 |
+
+    From about 32 photos both cost the same, so larger batches keep the float32 product. The
+    logits are within ~1e-5 of the float32 product's (`logit_chunks`), and the best candidates
+    are still rescored in fp32. Packing takes 0.2-0.4 s, once per bank.
     """
 
     _usable: bool | None = None
