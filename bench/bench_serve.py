@@ -6,7 +6,7 @@
 Starts the server (bound to 127.0.0.1, a free port), sends keep-alive requests from
 `--clients` threads (stdlib http.client with prebuilt bodies, so the load generator costs
 the shared 2 cores as little as possible) and prints: requests and photos per second,
-failures by status, p50/p90/p99 latency, the server's resident memory after the first and
+failures by status, p50/p90/p99 latency, the cores the server kept busy, its resident memory after the first and
 the last 1,000 requests, and the ratio to `taxoclip predict` photos/s (steady state,
 (512 - 64) / (T512 - T64), medians of 3) measured in the same run, before and after the load
 (this machine's speed drifts by tens of percent within minutes). Nothing is sent to any
@@ -129,13 +129,14 @@ def main() -> None:
                     statuses[status] = statuses.get(status, 0) + 1
                     if len(latencies) % 1000 == 0:
                         rss.append((len(latencies), proc.memory_info().rss / 2**30))
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), sum(proc.cpu_times()[:2])
         threads = [threading.Thread(target=client, args=(n,)) for n in range(args.clients)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         wall = time.perf_counter() - t0
+        cores = (sum(proc.cpu_times()[:2]) - cpu0) / wall  # every thread of the server: is it busy or idle?
         c = http.client.HTTPConnection(HOST, port, timeout=10)
         c.request("GET", "/metrics")
         metrics = dict(line.rsplit(" ", 1) for line in c.getresponse().read().decode().splitlines()
@@ -154,7 +155,7 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} CPUs, {cpu}")
     print(f"serve: {args.clients} clients x {args.seconds:.0f} s, {args.photos_per_request} photo(s) per request: "
           f"{n} requests, {n / wall:.1f} requests/s, {photos_s:.1f} photos/s; statuses {statuses}")
-    print(f"mean batch {batch:.1f} photos")
+    print(f"mean batch {batch:.1f} photos; the server used {cores:.2f} of {os.cpu_count()} cores during the load")
     print(f"latency p50 {1e3 * q[49]:.0f} ms | p90 {1e3 * q[89]:.0f} ms | p99 {1e3 * q[98]:.0f} ms")
     if rss:
         first, last = rss[0], rss[-1]
