@@ -59,7 +59,10 @@ class ClipModel:
         cached = _tower_path(source, dtype, device)
         if not text and cached is not None and cached.is_file():
             try:
-                visual = inference.load_tower(cached, device)
+                visual = _onnx_tower(source, None, dtype, device, cached)  # exported already: no graph to load
+                if visual is None:
+                    graph = inference.load_tower(cached, device)
+                    visual = _onnx_tower(source, graph, dtype, device, cached) or graph
                 return cls(source, None, device=device, dtype=dtype, scalars=read_scalars(source.weights),
                            text_loaded=False, visual=visual)
             except Exception as e:  # a cache from another version or a damaged file: rebuild it
@@ -112,6 +115,8 @@ class ClipModel:
         Worth it for long runs only: the first batch pays tens of seconds of compilation.
         On the CPU, weights are frozen into the graph (prepacked for oneDNN).
         """
+        if isinstance(self.visual, inference.OnnxTower):  # ONNX Runtime has compiled it already
+            return
         options = {"freezing": True} if self.device.type == "cpu" else {}
         self._image_forward = torch.compile(self.visual, dynamic=False, options=options)
         self._compiled_batch = batch_size
@@ -220,7 +225,32 @@ def _inference_form(source: ModelSource, visual: nn.Module, dtype: torch.dtype, 
         inference.save_tower(graph, path)
     except OSError as e:  # a read-only or full cache only costs the next run its start-up
         log.warning("cannot cache the image tower in %s: %s", path.parent, e)
-    return graph
+        return graph
+    return _onnx_tower(source, graph, dtype, device, path) or graph
+
+
+def _onnx_tower(source: ModelSource, graph: nn.Module | None, dtype: torch.dtype, device: torch.device,
+                path: Path) -> nn.Module | None:
+    """The tower ONNX Runtime runs, from `tower.onnx` beside the cached graph (exported from
+    `graph` when missing); None where the runtime does not run it here or the export fails (the
+    torch graph then runs, as before)."""
+    onnx, refused = path.with_name("tower.onnx"), path.with_name("tower.onnx-failed")
+    if not inference.onnx_runs(device, dtype) or refused.is_file():
+        return None
+    try:
+        if not onnx.is_file():
+            if graph is None:
+                return None
+            size = source.preprocess_cfg.get("size") or source.model_cfg["vision_cfg"].get("image_size")
+            inference.export_onnx(graph, int(size[0] if isinstance(size, (list, tuple)) else size), onnx)
+        return inference.OnnxTower(onnx)
+    except Exception as e:  # an operator the exporter or runtime lacks: torch runs it, and later runs do not retry
+        log.info("image tower of %s stays with torch (ONNX Runtime: %s)", source.id, e)
+        try:
+            refused.write_text(f"{type(e).__name__}: {e}\n")
+        except OSError:
+            pass
+        return None
 
 
 def _masked_text_tower(net: nn.Module) -> bool:
