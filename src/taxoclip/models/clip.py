@@ -208,15 +208,18 @@ def _tower_path(source: ModelSource, dtype: torch.dtype, device: torch.device) -
     return cache_root() / "towers" / key / "tower.pt"
 
 
+def _input_size(source: ModelSource) -> int:
+    size = source.preprocess_cfg.get("size") or source.model_cfg["vision_cfg"].get("image_size")
+    return int(size[0] if isinstance(size, (list, tuple)) else size)
+
+
 def _inference_form(source: ModelSource, visual: nn.Module, dtype: torch.dtype, device: torch.device,
                     path: Path | None) -> nn.Module:
     """The folded, traced tower (and cache it), or `visual` itself where that is not possible."""
     if path is None or not _convolutional(visual):
         return visual
-    size = source.preprocess_cfg.get("size") or source.model_cfg["vision_cfg"].get("image_size")
-    size = size[0] if isinstance(size, (list, tuple)) else size
     try:
-        graph = inference.inference_tower(visual, int(size), dtype).to(device)
+        graph = inference.inference_tower(visual, _input_size(source), dtype).to(device)
     except Exception as e:  # untraceable tower: it runs as built
         log.info("image tower of %s kept as built (%s)", source.id, e)
         return visual
@@ -241,8 +244,7 @@ def _onnx_tower(source: ModelSource, graph: nn.Module | None, dtype: torch.dtype
         if not onnx.is_file():
             if graph is None:
                 return None
-            size = source.preprocess_cfg.get("size") or source.model_cfg["vision_cfg"].get("image_size")
-            inference.export_onnx(graph, int(size[0] if isinstance(size, (list, tuple)) else size), onnx)
+            inference.export_onnx(graph, _input_size(source), onnx)
         return inference.OnnxTower(onnx)
     except Exception as e:  # an operator the exporter or runtime lacks: torch runs it, and later runs do not retry
         log.info("image tower of %s stays with torch (ONNX Runtime: %s)", source.id, e)
