@@ -35,8 +35,7 @@ def alternate(fns: dict, rounds: int = 5) -> dict:
 
 def main() -> None:
     import taxoclip.textbank as tb
-    from taxoclip.models import inference
-    from taxoclip.models import load_model
+    from taxoclip.models import inference, load_model
     from taxoclip.models.loading import fast_load, is_text_key
     from taxoclip.textbank import TextBank
 

@@ -8,6 +8,7 @@ Photos: 500x375 JPEGs made from bio-mini (bench_predict.make_photos). Prints
   * first run on a fresh cache (one photo: includes unpacking the vocabulary and preparing the
     image tower) and a later one;
   * steady state: (512 - 64) / (T(512) - T(64)) photos/s, and the 512-photo end-to-end time;
+    with --torch-tower, also with the image tower on torch instead of ONNX Runtime, side by side;
   * peak resident memory (largest process, and the whole process tree);
   * where the time goes, measured in this process on 512 photos: decoding + preprocessing
     (one core), the image tower, and the scan of the whole vocabulary (batches of 64);
@@ -57,6 +58,8 @@ def main() -> None:
     ap.add_argument("--hub", help="HF_HUB_CACHE made by make_fake_hub.py (runs pybioclip for the ratio)")
     ap.add_argument("--work", help="scratch folder (default: a temporary one)")
     ap.add_argument("--repeat", type=int, default=3, help="runs per timing (the median is printed)")
+    ap.add_argument("--torch-tower", action="store_true",
+                    help="also the steady state with the image tower on torch (TAXOCLIP_ONNX=0), runs alternating")
     args = ap.parse_args()
 
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-mini-"))
@@ -83,6 +86,19 @@ def main() -> None:
     print(f"taxoclip-mini  steady {steady:.0f} photos/s | 512 photos end to end {r512['wall_s']:.1f} s | "
           f"64 photos {r64['wall_s']:.1f} s | peak RSS {max(r['max_rss_gb'] for r in (r64, r512)):.2f} GB (process), "
           f"{max(r['tree_rss_gb'] for r in (r64, r512)):.2f} GB (process tree)")
+    if args.torch_tower:  # the ONNX Runtime tower (the default) against torch's run of the same graph
+        env_torch = {**env, "TAXOCLIP_ONNX": "0"}
+        runs = {"onnx": ([], []), "torch": ([], [])}
+        for _ in range(args.repeat):
+            for name, e in (("torch", env_torch), ("onnx", env)):
+                runs[name][0].append(timed(ours(photos[:64], work / "t64.csv"), e))
+                runs[name][1].append(timed(ours(photos, work / "t512.csv"), e))
+        rate = {k: (512 - 64) / (statistics.median(r["wall_s"] for r in b) - statistics.median(r["wall_s"] for r in a))
+                for k, (a, b) in runs.items()}
+        rss = {k: max(r["max_rss_gb"] for r in a + b) for k, (a, b) in runs.items()}
+        print(f"image tower    on torch: steady {rate['torch']:.0f} photos/s, peak RSS {rss['torch']:.2f} GB | on ONNX "
+              f"Runtime: {rate['onnx']:.0f} photos/s, {rss['onnx']:.2f} GB | x{rate['onnx'] / rate['torch']:.2f} "
+              f"(alternating runs, medians of {args.repeat})")
     os.environ["TAXOCLIP_CACHE"] = str(cache)
     b = breakdown(photos)
     print(f"where the time goes (ms per photo, {b['threads']} threads, {b['vocabulary']:,} taxa): decode + preprocess "

@@ -67,6 +67,16 @@ def test_a_tower_onnx_cannot_take_runs_with_torch_and_is_not_exported_again(tmp_
     assert torch.allclose(first.encode_image(x), later.encode_image(x), atol=1e-5)
 
 
+def test_taxoclip_onnx_0_keeps_the_tower_on_torch(tmp_path, monkeypatch):
+    from taxoclip.models import load_model
+
+    monkeypatch.setenv("TAXOCLIP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TAXOCLIP_ONNX", "0")
+    model = load_model(precision="fp32")
+    assert isinstance(model.visual, torch.fx.GraphModule)
+    assert not list((tmp_path / "cache").rglob("tower.onnx"))
+
+
 def test_folding_and_padding_report_what_they_changed():
     net = timm.create_model("tf_efficientnet_lite0", num_classes=0).eval()
     assert static_padding(net, torch.zeros(1, 3, 64, 64)) == 5  # the stem and four stride-2 depthwise convs

@@ -11,7 +11,9 @@ torch._dynamo behind them take ~4 s of every run's start on such a machine.
 On the CPU in float32 the graph is also exported to ONNX once and run by ONNX Runtime
 (`OnnxTower`), whose depthwise convolutions (most of this tower) are faster than torch's: 3.94
 -> 3.18 ms per photo at batch 64 and 4.74 -> 2.96 at 16, a server's batch (same machine,
-`bench/bench_inference_form.py`); `taxoclip predict` gains 20-35 % in steady state.
+`bench/bench_inference_form.py`). Whole `taxoclip predict` runs gain less, as the tower is a
+third of their time: x0.96 and x1.07 in steady state (`bench/bench_mini.py --torch-tower`); a
+server's batches of 16 gain more (61.7 -> 73.1 photos/s under 16 clients, `bench/bench_serve.py`).
 """
 from __future__ import annotations
 
@@ -131,10 +133,13 @@ def load_tower(path: Path, device: torch.device) -> nn.Module:
 # ----- ONNX Runtime ------------------------------------------------------------------------
 def onnx_runs(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether ONNX Runtime runs this tower here: CPU, float32 (bf16 stays with torch's oneDNN
-    kernels, which have it natively on CPUs with AMX), and the runtime installed."""
+    kernels, which have it natively on CPUs with AMX), the runtime installed, and not turned off
+    with `TAXOCLIP_ONNX=0` (which keeps the torch graph, e.g. to compare the two)."""
     import importlib.util
+    import os
 
-    return device.type == "cpu" and dtype == torch.float32 and importlib.util.find_spec("onnxruntime") is not None
+    return (device.type == "cpu" and dtype == torch.float32 and os.environ.get("TAXOCLIP_ONNX", "1") != "0"
+            and importlib.util.find_spec("onnxruntime") is not None)
 
 
 def export_onnx(graph: nn.Module, size: int, path: Path) -> None:
@@ -154,21 +159,20 @@ class OnnxTower(nn.Module):
     """An exported inference-form tower run by ONNX Runtime; takes and returns torch tensors,
     so `ClipModel` uses it as it uses the torch graph."""
 
-    def __init__(self, path: Path, threads: int | None = None):
+    def __init__(self, path: Path):
         super().__init__()
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or torch.get_num_threads()
+        opts.intra_op_num_threads = torch.get_num_threads()  # as many as torch was given (`configure_threads`)
         opts.inter_op_num_threads = 1
         # threads that spin after a batch would take the cores from the vocabulary scan and decoding
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         # no arena: it keeps every batch's activations (+0.16 GB peak on 512 photos) and was not faster
         opts.enable_cpu_mem_arena = False
         opts.log_severity_level = 3
-        self.path = Path(path)
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = pixels.detach().float().contiguous().cpu().numpy()
+        x = pixels.detach().float().contiguous().numpy()  # CPU only (`onnx_runs`)
         return torch.from_numpy(self.session.run(None, {"pixels": x})[0])
