@@ -241,7 +241,7 @@ def test_batcher_counts_photos_and_refuses_beyond_its_queue():
     import torch
 
     ran = []
-    b = Batcher(lambda jobs: [ran.append(len(jobs)) or j.pixels.shape[0] for j in jobs], max_batch=8, max_queue=3)
+    b = Batcher(lambda jobs: [ran.append(len(jobs)) or len(j.pixels) for j in jobs], max_batch=8, max_queue=3)
     f1 = b.submit(torch.zeros(2, 3, 4, 4), "a")
     with pytest.raises(QueueFull):
         b.submit(torch.zeros(2, 3, 4, 4), "a")  # 2 + 2 > 3, and nothing runs until started
@@ -249,6 +249,35 @@ def test_batcher_counts_photos_and_refuses_beyond_its_queue():
     b.start()
     assert (f1.result(10), f2.result(10)) == (2, 1) and sum(ran) >= 2 and b.depth == 0
     b.stop()
+
+
+def test_batcher_runs_calls_in_its_own_thread_between_batches():
+    """The model's torch work outside batches (loading, label sets) must share the batch thread."""
+    import torch
+
+    where = []
+    b = Batcher(lambda jobs: [where.append(threading.current_thread()) or len(j.pixels) for j in jobs])
+    assert b.call(threading.current_thread) is threading.current_thread()  # not started: runs here
+    b.start()
+    try:
+        batch_thread = b.call(threading.current_thread)
+        assert batch_thread is not threading.current_thread()
+        assert b.submit([torch.zeros(3, 4, 4)] * 2, "a").result(10) == 2 and where == [batch_thread]
+        with pytest.raises(ZeroDivisionError):  # a failing call reaches its caller; the thread goes on
+            b.call(lambda: 1 / 0)
+        assert b.call(lambda: b.call(lambda: 7)) == 7  # a call from the batch thread runs at once
+    finally:
+        b.stop()
+
+
+def test_a_batch_closes_when_photos_stop_coming_not_only_at_its_deadline():
+    import torch
+
+    b = Batcher(lambda jobs: [len(j.pixels) for j in jobs], max_batch=64, max_wait_s=60, quiet_s=0.05).start()
+    try:
+        assert b.submit([torch.zeros(3, 4, 4)], "a").result(30) == 1  # well before the 60-s deadline
+    finally:
+        b.stop()
 
 
 def test_an_upload_too_big_for_the_decode_budget_is_refused_413_and_one_that_fits_is_decoded(giant_at_100k_pixels):

@@ -252,8 +252,19 @@ class TreeOfLifeClassifier(_Base):
 def _table_rows(table: pd.DataFrame, cols: list[str], positions: np.ndarray, scores: list[float]) -> list[dict]:
     """Rows of `table` at `positions` as dicts with a score each, column by column (a row-by-row
     `iloc` costs ~0.5 ms per row on Arrow-backed tables: more than the model's time per photo)."""
-    values = {c: table[c].take(positions).tolist() for c in cols}
+    values = {c: _take(table[c], positions) for c in cols}
     return [{**{c: values[c][n] for c in cols}, SCORE: p} for n, p in enumerate(scores)]
+
+
+def _take(column: pd.Series, positions: np.ndarray) -> list:
+    """`column[positions]` as a list: through Arrow for Arrow-backed columns (0.02 ms a column
+    for a batch's rows, against 0.5 through pandas' `take`)."""
+    values = column.array
+    if hasattr(values, "__arrow_array__"):
+        import pyarrow as pa
+
+        return pa.array(values).take(positions).to_pylist()
+    return column.to_numpy()[positions].tolist()
 
 
 def _species_rows(table: pd.DataFrame, positions: np.ndarray, scores: list[float]) -> list[dict]:

@@ -122,13 +122,11 @@ def create_app(settings: ServeSettings | None = None, service=None) -> FastAPI:
         return [t for t, _ in done], [e for _, e in done]
 
     async def run_batched(svc, tensors: list, key) -> list:
-        import torch
-
         ok = [t for t in tensors if t is not None]
         if not ok:
             return []
         try:
-            fut = svc.batcher.submit(torch.stack(ok), key)
+            fut = svc.batcher.submit(ok, key)  # stacked in the batch thread (torch work stays there)
         except QueueFull as e:
             raise HTTPException(503, f"busy: {e}", headers={"Retry-After": "1"}) from None
         depth.set(svc.batcher.depth)

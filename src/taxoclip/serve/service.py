@@ -3,7 +3,8 @@
 It holds one Tree-of-Life classifier (model + vocabulary), the label banks clients asked for
 and the subsets of the vocabulary (both kept in small LRU maps: embedding a label set or
 masking 300K rows is paid once), the name index, and the batcher. Scoring goes through the
-classifiers' own `scorer`s: the server computes nothing the CLI does not.
+classifiers' own `scorer`s: the server computes nothing the CLI does not. Whatever runs torch
+(loading, label sets, batches) runs in the batcher's thread (`Batcher.call`).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import torch
 
 from ..classify import CustomLabelsClassifier, TreeOfLifeClassifier
 from ..errors import InputError
+from ..models.runtime import int8_scan_pays
 from ..taxonomy import Rank
 from .batching import Batcher, Job
 
@@ -46,17 +48,20 @@ class _LRU(OrderedDict):
 class IdentificationService:
     def __init__(self, model: str | None = None, *, device: str = "auto", precision: str = "auto",
                  max_batch: int = 64, max_wait_s: float = 0.025, max_queue: int = 512):
-        self.classifier = TreeOfLifeClassifier(model, device=device, precision=precision, workers=0)
-        self.classifier.full_bank.pack_int8()  # a server's batches are small: packed, they scan 2-3x faster
-        self.model = self.classifier.model
-        self._labels = _LRU(16)
+        self._labels = _LRU(16)  # used in the batch thread only
         self._subsets = _LRU(32)
         self._names = None
-        self._lock = threading.Lock()  # labels and the name index (built on first use)
+        self._lock = threading.Lock()  # the name index (built on first use)
         self._subset_lock = threading.Lock()
         self.batch_sizes: list[int] = []  # observed, for /metrics (the app drains it)
         self.batcher = Batcher(self._run, max_batch=max_batch, max_wait_s=max_wait_s, max_queue=max_queue,
-                               on_batch=lambda n, _jobs: self.batch_sizes.append(n))
+                               on_batch=lambda n, _jobs: self.batch_sizes.append(n)).start()
+        try:  # all torch work in the batch thread (see `batching`)
+            self.classifier = self.batcher.call(lambda: _load(model, device, precision))
+        except BaseException:
+            self.batcher.stop()
+            raise
+        self.model = self.classifier.model
 
     # ----- what requests ask for --------------------------------------------------------------
     def taxa_key(self, rank: str | None, k: int, subset_rank: str | None, subset: Sequence[str]) -> ScoreKey:
@@ -74,7 +79,7 @@ class IdentificationService:
             raise InputError("labels: give at least one label")
         if len(names) > 1000:
             raise InputError(f"labels: {len(names)} labels, at most 1000")
-        self._label_classifier(names)  # embed the labels now (cached), outside the batch
+        self.batcher.call(lambda: self._label_classifier(names))  # embed the labels now (cached), before the batch
         return ("labels", names, int(k) if k else None)
 
     def search(self, query: str, limit: int = 20) -> list[dict]:
@@ -87,11 +92,11 @@ class IdentificationService:
 
     # ----- the batch --------------------------------------------------------------------------
     def _run(self, jobs: list[Job]) -> list:
-        feats = self.model.encode_image(torch.cat([j.pixels for j in jobs]))
+        feats = self.model.encode_image(torch.stack([p for j in jobs for p in j.pixels]))
         bounds, start = [], 0
         for j in jobs:
-            bounds.append((start, start + j.pixels.shape[0]))
-            start += j.pixels.shape[0]
+            bounds.append((start, start + len(j.pixels)))
+            start += len(j.pixels)
         groups: dict[Hashable, list[int]] = {}
         for n, j in enumerate(jobs):
             groups.setdefault(j.key, []).append(n)
@@ -122,5 +127,11 @@ class IdentificationService:
             return self._subsets.get_or((rank, values), lambda: self.classifier.full_bank.where(rank, values))
 
     def _label_classifier(self, names: tuple[str, ...]) -> CustomLabelsClassifier:
-        with self._lock:
-            return self._labels.get_or(names, lambda: CustomLabelsClassifier(list(names), model=self.model, workers=0))
+        return self._labels.get_or(names, lambda: CustomLabelsClassifier(list(names), model=self.model, workers=0))
+
+
+def _load(model: str | None, device: str, precision: str) -> TreeOfLifeClassifier:
+    classifier = TreeOfLifeClassifier(model, device=device, precision=precision, workers=0)
+    if int8_scan_pays():  # small batches: where the int8 product is faster (see there)
+        classifier.full_bank.pack_int8()
+    return classifier
