@@ -181,22 +181,36 @@ def _decode(table, *, preprocess, draft: bool) -> dict:
 
 
 class _ModelWorker:
-    """Ray Data actor: one loaded model; decoded batch -> each photo's rows (as JSON)."""
+    """Ray Data actor: one loaded model; decoded batch -> each photo's rows (as JSON).
+
+    Ray runs the constructor on the worker's main thread and the batches on another, and torch's
+    thread count is a per-thread OpenMP setting, so the model is loaded, and the thread count
+    set, in the thread that runs the batches, on the first one. (Loaded in the constructor, the
+    batches had run with Ray's one thread, and beside the main thread's OpenMP team: 2,000
+    photos flowed at 293 photos/s against 387 locally on a 2-core Xeon.)
+    """
 
     def __init__(self, task: dict, device: str, batch_size: int):
+        self._open = (task, device, batch_size)
+        self.runner = None
+
+    def _load(self):
         import torch
 
         from .tasks import task_from_dict
 
+        task, device, batch_size = self._open
         if device == "cpu":  # Ray gives workers one thread; the model wants every core, as locally
             torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                                       else (os.cpu_count() or 1)))
-        self.runner = task_from_dict(task).open(device, batch_size)
+        return task_from_dict(task).open(device, batch_size)
 
     def __call__(self, batch: dict) -> dict:
         import numpy as np
         import torch
 
+        if self.runner is None:
+            self.runner = self._load()
         errors = {i: e for i, e in enumerate(batch["error"]) if e}
         ok = [i for i in range(len(batch["index"])) if i not in errors]
         refs = [ImageRef(str(n)) for n in batch["name"]]
