@@ -140,8 +140,10 @@ def main() -> None:
         c = http.client.HTTPConnection(HOST, port, timeout=10)
         c.request("GET", "/metrics")
         metrics = dict(line.rsplit(" ", 1) for line in c.getresponse().read().decode().splitlines()
-                       if line.startswith("taxoclip_batch_photos_") and "{" not in line)
-        batch = float(metrics["taxoclip_batch_photos_sum"]) / max(1.0, float(metrics["taxoclip_batch_photos_count"]))
+                       if line.startswith("taxoclip_batch_") and "{" not in line)
+        batches = max(1.0, float(metrics["taxoclip_batch_photos_count"]))
+        batch = float(metrics["taxoclip_batch_photos_sum"]) / batches
+        batch_ms = 1e3 * float(metrics["taxoclip_batch_seconds_sum"]) / batches
     finally:
         server.terminate()
         server.wait(30)
@@ -155,7 +157,8 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} CPUs, {cpu}")
     print(f"serve: {args.clients} clients x {args.seconds:.0f} s, {args.photos_per_request} photo(s) per request: "
           f"{n} requests, {n / wall:.1f} requests/s, {photos_s:.1f} photos/s; statuses {statuses}")
-    print(f"mean batch {batch:.1f} photos; the server used {cores:.2f} of {os.cpu_count()} cores during the load")
+    print(f"mean batch {batch:.1f} photos, {batch_ms:.0f} ms in the model ({batch_ms * batches / 1e3 / wall:.0%} of "
+          f"the time); the server used {cores:.2f} of {os.cpu_count()} cores during the load")
     print(f"latency p50 {1e3 * q[49]:.0f} ms | p90 {1e3 * q[89]:.0f} ms | p99 {1e3 * q[98]:.0f} ms")
     if rss:
         first, last = rss[0], rss[-1]

@@ -143,6 +143,7 @@ def test_embed_search_models_health_metrics_and_openapi(client, apple):
     assert 'taxoclip_requests_total{route="/v1/embed",status="200"}' in metrics
     assert 'route="other",status="404"' in metrics and "scan-me" not in metrics  # no label per random URL
     assert "taxoclip_batch_photos_bucket" in metrics and "taxoclip_queue_photos" in metrics
+    assert "taxoclip_batch_seconds_bucket" in metrics
     assert "/v1/predict" in client.get("/openapi.json").json()["paths"]
     page = client.get("/")
     assert page.status_code == 200 and "/static/app.js" in page.text

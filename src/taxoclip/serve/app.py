@@ -68,6 +68,8 @@ def create_app(settings: ServeSettings | None = None, service=None) -> FastAPI:
     photos = Counter("taxoclip_photos", "Photos processed", ["outcome"], registry=registry)
     batch_sizes = Histogram("taxoclip_batch_photos", "Photos per model batch", registry=registry,
                             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+    batch_seconds = Histogram("taxoclip_batch_seconds", "Time the model takes for one batch", registry=registry,
+                              buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
     depth = Gauge("taxoclip_queue_photos", "Photos waiting for the model", registry=registry)
     state: dict = {"service": service}
     budget = DecodeBudget(settings.limits.max_decode_memory or default_budget())  # shared by the decoding threads
@@ -137,9 +139,10 @@ def create_app(settings: ServeSettings | None = None, service=None) -> FastAPI:
             raise HTTPException(504, f"no answer within {settings.request_timeout_s:g} s") from None
         finally:
             depth.set(svc.batcher.depth)
-            for n in svc.batch_sizes[:]:
+            done, svc.batches[:] = svc.batches[:], []
+            for n, seconds in done:
                 batch_sizes.observe(n)
-            svc.batch_sizes.clear()
+                batch_seconds.observe(seconds)
         return out
 
     def per_photo(files, tensors, errors, results, fmt) -> list[dict]:

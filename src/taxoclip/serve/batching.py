@@ -65,11 +65,11 @@ class Batcher:
     and at most `quiet_s` (default: `QUIET_SHARE` of `max_wait_s`) after the last one that came.
 
     `run(jobs)` does the work for one batch and returns one result per job (or raises: every
-    job of the batch then fails with that error). `on_batch(n_photos, n_jobs)` observes.
+    job of the batch then fails with that error). `on_batch(n_photos, n_jobs, seconds)` observes.
     """
 
     def __init__(self, run: Callable[[list[Job]], list[Any]], *, max_batch: int = 64, max_wait_s: float = 0.025,
-                 max_queue: int = 512, on_batch: Callable[[int, int], None] | None = None,
+                 max_queue: int = 512, on_batch: Callable[[int, int, float], None] | None = None,
                  quiet_s: float | None = None):
         self._run = run
         self.max_batch, self.max_wait_s, self.max_queue = max_batch, max_wait_s, max_queue
@@ -160,6 +160,7 @@ class Batcher:
         live = [j for j in jobs if j.future.set_running_or_notify_cancel()]
         if not live:
             return
+        start = time.perf_counter()
         try:
             results = self._run(live)
         except Exception as e:  # the batch fails, the server goes on
@@ -170,4 +171,4 @@ class Batcher:
         for j, r in zip(live, results):
             j.future.set_result(r)
         if self._on_batch:
-            self._on_batch(sum(len(j.pixels) for j in live), len(live))
+            self._on_batch(sum(len(j.pixels) for j in live), len(live), time.perf_counter() - start)

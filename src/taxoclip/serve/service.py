@@ -53,9 +53,9 @@ class IdentificationService:
         self._names = None
         self._lock = threading.Lock()  # the name index (built on first use)
         self._subset_lock = threading.Lock()
-        self.batch_sizes: list[int] = []  # observed, for /metrics (the app drains it)
+        self.batches: list[tuple[int, float]] = []  # (photos, seconds) per batch, for /metrics (the app drains it)
         self.batcher = Batcher(self._run, max_batch=max_batch, max_wait_s=max_wait_s, max_queue=max_queue,
-                               on_batch=lambda n, _jobs: self.batch_sizes.append(n)).start()
+                               on_batch=lambda n, _jobs, s: self.batches.append((n, s))).start()
         try:  # all torch work in the batch thread (see `batching`)
             self.classifier = self.batcher.call(lambda: _load(model, device, precision))
         except BaseException:
