@@ -75,7 +75,7 @@ class Batcher:
         self.max_batch, self.max_wait_s, self.max_queue = max_batch, max_wait_s, max_queue
         self.quiet_s = max_wait_s * QUIET_SHARE if quiet_s is None else quiet_s
         self._on_batch = on_batch
-        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._queue: queue.Queue[Job | _Call | None] = queue.Queue()
         self._queued_photos = 0
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
