@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 
 from .cache import cache_entry, hash_key
+from .models.runtime import release_memory
 from .errors import TaxoclipError
 from .taxonomy import RANKS, Rank, Taxon, apply_templates
 
@@ -548,6 +549,7 @@ class TextBank:
         with cache_entry("banks", key) as (final, tmp):
             if tmp is not None:
                 convert(*files, tmp, dtype)
+                release_memory()  # the conversion's transient tables and tensors, back to the OS
         bank = cls._open(final, name=str(source or (card.vocabulary_repo if card else files[0])))
         if loaded is not None and bank.dim != loaded.embed_dim:
             raise VocabularyError(f"vocabulary {bank.name} has {bank.dim}-d embeddings but model {loaded.id} "
@@ -902,21 +904,26 @@ def _compact_files(source) -> tuple[Path, Path] | None:
 
 def _convert_compact(emb_path: Path, taxa_path: Path, out: Path, dtype: torch.dtype) -> None:
     """int8 rows x scales -> the cache's row-major bank in `dtype`, renormalised."""
+    import pyarrow as pa
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     try:
         tensors = load_file(str(emb_path))
         q, scales = tensors["embeddings"], tensors["scales"]
-        table = pd.read_parquet(taxa_path)
+        table = pd.read_parquet(taxa_path, dtype_backend="pyarrow")
     except (OSError, ValueError, KeyError, SafetensorError) as e:
         raise VocabularyError(f"vocabulary {emb_path.parent} is damaged ({emb_path.name} / {taxa_path.name}: {e})") from None
     if q.ndim != 2 or q.dtype != torch.int8 or scales.shape != (q.shape[0],) or len(table) != q.shape[0]:
         raise VocabularyError(f"vocabulary {emb_path.parent} is damaged: {tuple(q.shape)} rows, "
                               f"{tuple(scales.shape)} scales, {len(table)} taxa")
-    table = table[TAXA_COLUMNS].astype(object).fillna("")
+    # Arrow strings throughout: as Python objects the 300K x 8 names took ~300 MB more, and made
+    # the first run's peak 1.39 GB
+    table = table[TAXA_COLUMNS].astype(pd.ArrowDtype(pa.string())).fillna("")
     if dtype == torch.int8:  # renormalised rows q * s / |q * s| = q / |q|: keep q, the scale becomes 1 / |q|
-        (1.0 / q.float().norm(dim=1).clamp_min(1e-12)).numpy().astype(np.float32).tofile(out / "scales.bin")
+        wide = torch.empty(min(CHUNK_ROWS, len(q)), q.shape[1])  # one reused buffer, not a 150-MB float copy
+        norms = torch.cat([wide[: len(rows)].copy_(rows).norm(dim=1) for rows in q.split(CHUNK_ROWS)])
+        (1.0 / norms.clamp_min(1e-12)).numpy().astype(np.float32).tofile(out / "scales.bin")
         _write_bank(out, q, table, torch.int8)
     else:
         _write_bank(out, torch.nn.functional.normalize(q.float() * scales[:, None], dim=1), table, dtype)
