@@ -145,6 +145,17 @@ def test_squash_preprocess_matches_pybioclip():
     assert torch.equal(ours, ref(img))
 
 
+@pytest.mark.parametrize("mode", ["shortest", "squash", "longest"])
+def test_pil_resized_preprocess_is_torchvision_to_tensor_and_normalize(mode):
+    """The numpy arithmetic after PIL's resize gives torchvision's pixels bit for bit."""
+    from torchvision import transforms
+
+    pre = ImagePreprocess(size=64, resize_mode=mode)
+    norm = transforms.Compose([transforms.ToTensor(), transforms.Normalize(pre.mean, pre.std)])
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 255, (375, 500, 3), dtype=np.uint8))
+    assert torch.equal(pre(img), norm(pre._resize_pil(img)))
+
+
 def test_csv_writer_streams_rows_and_keeps_full_precision(tmp_path):
     out = tmp_path / "r.csv"
     w = open_writer("csv", out, ["file_name", "score", "error"])

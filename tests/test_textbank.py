@@ -252,3 +252,15 @@ def test_joined_banks_are_one_softmax_over_both(vocab, tmp_path, compact):
     assert torch.equal(i[:, 0], expected.argmax(1))
     with pytest.raises(VocabularyError, match="cannot join"):
         bank.concat(TextBank.from_arrays(torch.ones(1, 8), table.iloc[:1]))
+
+
+def test_take_values_gives_the_same_values_from_arrow_and_python_columns(tmp_path):
+    """Result rows read Arrow-backed bank tables through Arrow, and other tables through numpy."""
+    names = pd.DataFrame({"genus": ["Puma", "Vulpes", "Ursus", "Lynx"] * 3})
+    names.to_parquet(tmp_path / "t.parquet")
+    arrow = tb._read_arrow_parquet(tmp_path / "t.parquet")
+    positions = np.array([5, 0, 0, 11, 2])
+    expected = ["Vulpes", "Puma", "Puma", "Lynx", "Ursus"]
+    assert isinstance(arrow["genus"].dtype, pd.ArrowDtype)
+    assert tb.take_values(arrow["genus"], positions) == expected
+    assert tb.take_values(names["genus"].astype(object), positions) == expected

@@ -212,11 +212,13 @@ def _score(classifier, names: list[str], crops: list, n: int, labels: bool) -> p
     [(_, masses, errors)] = list(classifier.masses_iter(crops, n, 5, batch_size=len(crops)))
     if not labels:
         return score_batch(classifier.bank, names, masses, errors)
+    from ..textbank import take_values  # here: this module is imported without torch
+
     row_p, row_i, _ = masses  # the readable crops' best rows, in order; a class is its common name
     common = classifier.bank.table["common_name"]
     found = iter(zip(row_i.numpy(), row_p.tolist()))
     rows = [(None, []) if i in errors else next(found) for i in range(len(names))]
-    return label_batch(names, [[] if ix is None else common.take(ix).astype(str).tolist() for ix, _ in rows],
+    return label_batch(names, [[] if ix is None else list(map(str, take_values(common, ix))) for ix, _ in rows],
                        [p for _, p in rows], errors)
 
 

@@ -52,10 +52,9 @@ def score_schema() -> pa.Schema:
 
 
 def _keys(table: pd.DataFrame, cols: Sequence[str], positions: np.ndarray) -> list[str]:
-    key = table[cols[0]].take(positions).astype(str).to_numpy(dtype=object)
-    for c in cols[1:]:
-        key = key + SEP + table[c].take(positions).astype(str).to_numpy(dtype=object)
-    return key.tolist()
+    from ..textbank import take_values  # here: textbank imports torch, and reading scores needs none
+
+    return [SEP.join(map(str, parts)) for parts in zip(*(take_values(table[c], positions) for c in cols))]
 
 
 def _sorted(keys: list[str], probs: np.ndarray) -> tuple[list[str], list[float]]:
@@ -80,8 +79,7 @@ def score_batch(bank, names: Sequence[str], masses, errors: Mapping[int, str] | 
     if len(ok):
         flat = row_i.reshape(-1).numpy()
         species = _keys(table, [c for c in _rank_columns(Rank.SPECIES)], flat)
-        commons = table["common_name"].take(flat).astype(str).tolist() if "common_name" in table.columns \
-            else [""] * len(flat)
+        commons = _keys(table, ["common_name"], flat) if "common_name" in table.columns else [""] * len(flat)
         probs = row_p.numpy()
         level_keys = {}
         for r, (gp, gi) in groups.items():

@@ -139,8 +139,8 @@ def create_app(settings: ServeSettings | None = None, service=None) -> FastAPI:
             raise HTTPException(504, f"no answer within {settings.request_timeout_s:g} s") from None
         finally:
             depth.set(svc.batcher.depth)
-            done, svc.batches[:] = svc.batches[:], []
-            for n, seconds in done:
+            while svc.batches:  # appended by the batch thread meanwhile: a deque pops safely
+                n, seconds = svc.batches.popleft()
                 batch_sizes.observe(n)
                 batch_seconds.observe(seconds)
         return out

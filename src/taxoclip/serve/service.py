@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Hashable, Sequence
 
 import torch
@@ -53,7 +53,7 @@ class IdentificationService:
         self._names = None
         self._lock = threading.Lock()  # the name index (built on first use)
         self._subset_lock = threading.Lock()
-        self.batches: list[tuple[int, float]] = []  # (photos, seconds) per batch, for /metrics (the app drains it)
+        self.batches: deque[tuple[int, float]] = deque()  # (photos, seconds) per batch, for /metrics (the app drains it)
         self.batcher = Batcher(self._run, max_batch=max_batch, max_wait_s=max_wait_s, max_queue=max_queue,
                                on_batch=lambda n, _jobs, s: self.batches.append((n, s))).start()
         try:  # all torch work in the batch thread (see `batching`)
