@@ -81,7 +81,8 @@ def main() -> None:
     steady = (512 - 64) / (r512["wall_s"] - r64["wall_s"])
     cpu = open("/proc/cpuinfo").read().split("model name")[1].split(":")[1].splitlines()[0].strip()
     print(f"machine: {os.cpu_count()} CPUs, {cpu}")
-    print(f"taxoclip-mini  first run (fresh cache, 1 photo) {first['wall_s']:.1f} s | later run {later['wall_s']:.1f} s "
+    print(f"taxoclip-mini  first run (fresh cache, 1 photo) {first['wall_s']:.1f} s, peak RSS {first['max_rss_gb']:.2f} GB "
+          f"(process), {first['tree_rss_gb']:.2f} GB (tree) | later run {later['wall_s']:.1f} s "
           f"(medians of {args.repeat} runs from here on)")
     print(f"taxoclip-mini  steady {steady:.0f} photos/s | 512 photos end to end {r512['wall_s']:.1f} s | "
           f"64 photos {r64['wall_s']:.1f} s | peak RSS {max(r['max_rss_gb'] for r in (r64, r512)):.2f} GB (process), "
