@@ -113,3 +113,30 @@ def test_damaged_bundle_is_one_line_from_the_cli(tmp_path):
                          capture_output=True, text=True, env=_offline_env(tmp_path), timeout=120)
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert "is missing" in out.stderr and "reinstall taxoclip" in out.stderr
+
+
+def test_first_run_prepares_the_tower_in_a_child_process_with_the_same_answers(photos, tmp_path):
+    """`taxoclip predict` builds the bundled model's tower in a child, once, before it imports
+    torch (so open_clip and timm never sit in its memory); a run then answers exactly as one
+    whose tower was built in-process."""
+    child_cache = _offline_env(tmp_path / "child")
+    probe = ("import sys; from taxoclip.warmup import prepare_bundled as p; "
+             "print(p('bioclip-2'), p('yolox-tiny-animals'), p('taxoclip-mini', text=True), "
+             "p('taxoclip-mini'), p('taxoclip-mini'), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=child_cache, timeout=300)
+    assert out.returncode == 0, out.stderr
+    # not bundled, not a CLIP model, text wanted: no child; then one child, and the second call finds it done
+    assert out.stdout.split() == ["False", "False", "False", "True", "False", "False"]
+    assert len(list(Path(child_cache["TAXOCLIP_CACHE"], "towers").glob("*/tower.pt"))) == 1
+
+    def predict(env, *, torch_first: bool) -> str:
+        code = ("import sys; " + ("import torch; " if torch_first else "") +
+                "from taxoclip.cli import main; sys.exit(main(sys.argv[1:]))")
+        done = subprocess.run([sys.executable, "-c", code, "predict", str(photos[0]), "--k", "5"],
+                              capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    in_process = _offline_env(tmp_path / "in-process")
+    assert predict(child_cache, torch_first=False) == predict(in_process, torch_first=True)
+    assert not Path(in_process["TAXOCLIP_CACHE"], "prepared").exists()  # torch was there first: no child

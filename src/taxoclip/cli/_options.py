@@ -64,6 +64,11 @@ def start_loader(args: argparse.Namespace, command: str):
     """
     import sys
 
+    from ..warmup import prepare_bundled
+
+    # before torch is imported here; texts (custom labels, a taxa table) need open_clip in this process anyway
+    prepare_bundled(args.model, device=args.device, precision=args.precision,
+                    text=any(getattr(args, name, None) for name in ("cls", "bins", "taxa")))
     from .. import classify
 
     loader, problems = classify.start_loader(args.image_file, model=args.model, pretrained=args.pretrained,

@@ -27,12 +27,12 @@ def run(args: argparse.Namespace) -> int:
         task = EmbedTask(model=args.model, pretrained=args.pretrained, precision=args.precision,
                          normalize=args.normalize)
         return run_with_engine(args, task, "embed")
+    loader, problems = start_loader(args, "embed")  # first: it prepares a bundled model before torch is imported
+    if loader is None:
+        return 2
     from .. import classify
     from ..io.writers import format_for, open_writer
 
-    loader, problems = start_loader(args, "embed")
-    if loader is None:
-        return 2
     embedder = classify.ImageEmbedder(args.model, pretrained=args.pretrained, device=args.device,
                                       precision=args.precision, batch_size=args.batch_size, workers=args.workers,
                                       compile=args.compile)

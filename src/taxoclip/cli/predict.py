@@ -79,12 +79,12 @@ def run(args: argparse.Namespace) -> int:
                            rank=args.rank or "species", k=args.k, min_prob=args.min_prob, subset=args.subset,
                            vocabulary=args.vocabulary, taxa=args.taxa, labels=labels, bins=bins)
         return run_with_engine(args, task, "predict")
+    loader, problems = start_loader(args, "predict")  # first: it prepares a bundled model before torch is imported
+    if loader is None:
+        return 2
     from .. import classify
     from ..io.writers import format_for, open_writer
     from ..textbank import read_bins_csv
-    loader, problems = start_loader(args, "predict")
-    if loader is None:
-        return 2
     common = dict(pretrained=args.pretrained, device=args.device, precision=args.precision,
                   batch_size=args.batch_size, workers=args.workers, compile=args.compile)
     if custom:

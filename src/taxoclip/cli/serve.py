@@ -12,7 +12,7 @@ def register(sub) -> None:
         description="Serve the model over HTTP: POST /v1/predict, /v1/embed; GET /v1/taxa, /v1/models, "
                     "/healthz, /readyz, /metrics; the page at / and the API document at /docs. Listens on "
                     "127.0.0.1 unless --host says otherwise.")
-    p.add_argument("--model", default=None, help="model id (default: the bundled taxoclip-mini)")
+    p.add_argument("--model", default="taxoclip-mini", help="model id (default: the bundled taxoclip-mini)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default auto)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
@@ -37,6 +37,9 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from ..warmup import prepare_bundled
+
+    prepare_bundled(args.model, device=args.device, precision=args.precision)  # before torch is imported here
     from ..serve import ServeSettings, UploadLimits, create_app
 
     limits = UploadLimits(max_bytes=int(args.max_upload_mb * 2**20), max_pixels=int(args.max_megapixels * 1e6),
