@@ -63,7 +63,10 @@ def int8_scan_pays() -> bool:
     On AVX2-only CPUs it scans batches of 16 ~2x faster than fp32 (2-core EPYC Zen 3). With
     AVX-512 both products take the same time per photo, and the int8 op holds the GIL while the
     fp32 one does not, so a server ran 10 % slower packed (2-core Xeon with AMX,
-    `bench/bench_serve.py`: 116-117 vs 127-131 photos/s). Where flags are unknown, pack.
+    `bench/bench_serve.py`: 116-117 vs 127-131 photos/s). On a Zen 4 (AVX-512 without AMX)
+    the packed product is 2.6x faster at batch 16 alone (`bench/bench_scan.py`), yet the
+    server ran no faster packed (132.9 vs 141.1 photos/s): it stays unpacked there too.
+    Where flags are unknown, pack.
     """
     return "avx512f" not in cpu_flags()
 
