@@ -12,7 +12,8 @@ import pytest
 
 from helpers import bio_mini_photo
 from taxoclip import TreeOfLifeClassifier
-from taxoclip.models import DEFAULT_MODEL, ModelCard, ModelLoadError, find_card, load_model, register, resolve
+from taxoclip.models import (DEFAULT_MODEL, ModelCard, ModelLoadError, find_card, list_cards, load_model, register,
+                             resolve)
 from taxoclip.models.loading import package_path
 
 BUNDLE = package_path(find_card("taxoclip-mini").source)
@@ -119,6 +120,9 @@ def test_first_run_prepares_the_tower_in_a_child_process_with_the_same_answers(p
     """`taxoclip predict` builds the bundled model's tower in a child, once, before it imports
     torch (so open_clip and timm never sit in its memory); a run then answers exactly as one
     whose tower was built in-process."""
+    # warmup finds a bundled model by its id without importing the registry (which imports torch)
+    shipped = [c for c in list_cards() if c.bundled and c.source.startswith("pkg:")]
+    assert shipped and all(c.source == f"pkg:taxoclip/bundled/{c.name}" for c in shipped)
     child_cache = _offline_env(tmp_path / "child")
     probe = ("import sys; from taxoclip.warmup import prepare_bundled as p; "
              "print(p('bioclip-2'), p('yolox-tiny-animals'), p('taxoclip-mini', text=True), "
