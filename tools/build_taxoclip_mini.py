@@ -3,6 +3,7 @@
     python tools/build_tol_mini.py --bio-mini ../shared/data/bio-mini/taxa.csv --out out/tol-mini.parquet
     taxoclip train run configs/taxoclip-mini.yaml
     python tools/build_taxoclip_mini.py --run runs/taxoclip-mini --taxa out/tol-mini.parquet
+    taxoclip calibrate ../shared/data/bio-mini --no-store -o src/taxoclip/bundled/taxoclip-mini/calibration.json
 
 Writes `src/taxoclip/bundled/taxoclip-mini/`: `open_clip_config.json`, `open_clip_model.safetensors`
 (fp16; the logit scale stays fp32), the text tower's tokenizer and Hugging Face `config.json`,
@@ -10,6 +11,7 @@ Writes `src/taxoclip/bundled/taxoclip-mini/`: `open_clip_config.json`, `open_cli
 model, stored as int8 rows with a scale each; the locked trunk's outputs are computed once and
 cached, then the trained projection is applied, checked against `ClipModel.encode_text`) and `MANIFEST.json` (file sizes and hashes, which
 `taxoclip` checks on load, and where each part came from).
+It replaces the directory, so the calibration (fitted to these weights) is made afterwards.
 """
 from __future__ import annotations
 

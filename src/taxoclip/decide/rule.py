@@ -33,7 +33,7 @@ __all__ = ["Thresholds", "DEFAULT_THRESHOLDS", "Policy", "decide_table", "decide
 # precision for the answers at that rank or deeper. docs/decisions.md has their precision
 # and coverage on the test photos, against SpeciesNet's rule.
 DEFAULT_THRESHOLDS: dict[str, float] = {
-    "species": 0.65, "genus": 0.8, "family": 0.8, "order": 0.8, "class": 0.75, "phylum": 0.75, "kingdom": 0.65,
+    "species": 0.8, "genus": 0.75, "family": 0.8, "order": 0.95, "class": 0.75, "phylum": 0.7, "kingdom": 0.6,
 }
 DECISION_COLUMNS = ["prediction", "prediction_rank", "prediction_score", "prediction_source", "note"]
 _SPECIES_PARTS = 7
