@@ -64,19 +64,16 @@ def main() -> None:
             scan.append(time.perf_counter() - t1)
         return 1e3 * statistics.median(tower), 1e3 * statistics.median(scan)
 
+    def beside_spinner(measure):
+        other = spinner()
+        try:
+            return measure()
+        finally:
+            other.kill()
+
     batch_ms()  # warm-up
-    alone = batch_ms()
-    other = spinner()
-    try:
-        beside = batch_ms()
-    finally:
-        other.kill()
-    loop_alone = loop_rate()
-    other = spinner()
-    try:
-        loop_beside = loop_rate()
-    finally:
-        other.kill()
+    alone, beside = batch_ms(), beside_spinner(batch_ms)
+    loop_alone, loop_beside = loop_rate(), beside_spinner(loop_rate)
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     print(f"{cpu}, batch {args.batch}, {args.threads} torch threads")
     for name, a, b in (("image tower", alone[0], beside[0]), ("vocabulary scan", alone[1], beside[1])):
