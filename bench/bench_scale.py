@@ -11,12 +11,21 @@ engine: the whole command (start-up and shutdown included) and the rate once ans
 the first answer to the last, as the command's summary line reports it: a run of 10^6 photos
 sees that one). Ray's start-up is a fixed cost (instance, Ray Data's actors, the model actor's
 load): a one-photo run measures it.
+
+`--cluster` adds the run cluster users make: `taxoclip predict ... --address 127.0.0.1:PORT`
+against a Ray head started beforehand (`ray start --head --block` under the loopback guard, on a
+free port, checked to listen on loopback only, stopped at the end). One one-photo job runs on it
+first (the first job on an instance also creates Ray Data's own actors); its time is printed.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
+import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -59,12 +68,51 @@ def timed(cmd: list[str]) -> tuple[float, float | None, float | None]:
     return wall, float(m[1]) if m else None, float(m[2]) if m and m[2] else None
 
 
+@contextlib.contextmanager
+def loopback_head(cpus: int):
+    """A Ray head on 127.0.0.1 for the length of the block: its address."""
+    import psutil
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    temp_dir = tempfile.mkdtemp(prefix="ray-")  # not the user's /tmp/ray
+    head = subprocess.Popen([sys.executable, "-m", "taxoclip.scale.loopback",  # the docs' recipe
+                             "ray", "start", "--head", "--block", "--port", str(port), "--temp-dir", temp_dir,
+                             "--node-ip-address", "127.0.0.1", "--num-cpus", str(cpus), "--include-dashboard",
+                             "false", "--object-store-memory", str(512 << 20), "--disable-usage-stats"],
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # the GCS port answers once the head is up
+            if head.poll() is not None:
+                sys.exit(f"ray start failed: {head.stderr.read().decode()[-2000:]}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.2)  # polling a starting server: nothing to wait on but the socket
+        procs = [psutil.Process(head.pid)] + psutil.Process(head.pid).children(recursive=True)
+        ips = {c.laddr.ip for p in procs for c in p.net_connections() if c.status == "LISTEN"}
+        assert ips <= {"127.0.0.1", "::ffff:127.0.0.1"}, f"the head listens on {ips}"
+        yield f"127.0.0.1:{port}"
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops its processes on SIGTERM
+        try:
+            head.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--model", default="taxoclip-mini")
     ap.add_argument("--repeat", type=int, default=1, help="runs per engine (the best is reported)")
     ap.add_argument("--keep", help="folder for the photos and outputs (default: a temporary one)")
+    ap.add_argument("--cluster", action="store_true",
+                    help="also run against a Ray head started beforehand on loopback (--address)")
     args = ap.parse_args()
     root = Path(args.keep or tempfile.mkdtemp(prefix="bench-scale-"))
     folder = photos(root / "photos", args.n)
@@ -87,12 +135,28 @@ def main() -> None:
     startup = timed([sys.executable, "-m", "taxoclip", "predict", str(one), "--model", args.model, "--engine", "ray",
                      "-o", f"{root / 'startup'}/"])[0]
 
+    if args.cluster:
+        with loopback_head(os.cpu_count() or 1) as address:
+            subprocess.run(["rm", "-rf", str(root / "first-job")])
+            first_job = timed([sys.executable, "-m", "taxoclip", "predict", str(one), "--model", args.model,
+                               "--address", address, "-o", f"{root / 'first-job'}/"])[0]
+            print(f"  head started beforehand at {address}: a first one-photo job on it {first_job:.1f} s")
+            runs["ray, head started beforehand"] = []
+            for r in range(args.repeat):
+                out = root / f"cluster-{r}"
+                subprocess.run(["rm", "-rf", str(out)])
+                runs["ray, head started beforehand"].append(timed(base + ["--address", address, "-o", f"{out}/"]))
+                wall, first, rate = runs["ray, head started beforehand"][-1]
+                print(f"  ray on the running head, run {r + 1}: {wall:6.1f} s  ({args.n / wall:6.1f} photos/s); "
+                      f"first answers after {first:.1f} s, then {rate:.1f} photos/s")
+
     whole = {e: args.n / min(w for w, _, _ in rs) for e, rs in runs.items()}
     flowing = {e: max(rate for _, _, rate in rs) for e, rs in runs.items()}
     for label, rates in (("whole command", whole), ("once answers flow", flowing)):
-        ratio = rates["ray"] / rates["local"]
-        print(f"{label:17s}: local {rates['local']:6.1f} photos/s   ray {rates['ray']:6.1f} photos/s   "
-              f"ratio ray/local {ratio:.2f} (overhead {100 * (1 - ratio):.0f} %)")
+        for engine in [e for e in rates if e != "local"]:
+            ratio = rates[engine] / rates["local"]
+            print(f"{label:17s}: local {rates['local']:6.1f} photos/s   {engine} {rates[engine]:6.1f} photos/s   "
+                  f"ratio {ratio:.2f} (overhead {100 * (1 - ratio):.0f} %)")
     print(f"a one-photo Ray run takes {startup:.1f} s (instance start and stop, Ray Data's actors, model load)")
 
     def merged(engine: str) -> pd.DataFrame:

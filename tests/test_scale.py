@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -358,6 +359,110 @@ def test_ray_data_build_equals_local_build(tmp_path):
     for report in ("errors.csv", "removed.csv", "unresolved.csv"):
         assert (tmp_path / "local" / report).read_bytes() == (tmp_path / "ray" / report).read_bytes()
     assert len(pd.read_csv(tmp_path / "ray" / "removed.csv")) >= 10  # the leaks were found on Ray too
+
+
+
+# ----- a Ray head kept between runs (--address) ---------------------------------------------------
+@pytest.mark.parametrize("address, loopback", [
+    ("127.0.0.1:6379", True), ("127.8.0.1:6379", True), ("localhost:6379", True), ("[::1]:6379", True),
+    ("10.0.0.5:6379", False), ("head.cluster.example:6379", False), ("[2001:db8::5]:6379", False),
+    ("ray://127.0.0.1:10001", False), ("http://127.0.0.1:8265", False), ("", False), (None, False)])
+def test_an_address_on_loopback_is_driven_from_under_the_guard(address, loopback):
+    """Only a head on this machine's loopback gets a confined driver: Ray would turn 127.0.0.1 into
+    the network address, where a guarded head does not listen; a real cluster keeps its settings."""
+    from taxoclip.scale.loopback import is_loopback_address
+
+    assert is_loopback_address(address) is loopback
+
+
+def test_a_command_run_under_the_guard_is_confined(tmp_path):
+    """`python -m taxoclip.scale.loopback COMMAND`, the docs' way to start a head kept between runs."""
+    if not any(shutil.which(c) for c in ("cc", "gcc", "clang")):
+        pytest.skip("the loopback guard needs a C compiler")
+    probe = "from taxoclip.scale.loopback import is_confined; print(is_confined())"
+    done = subprocess.run([sys.executable, "-m", "taxoclip.scale.loopback", sys.executable, "-c", probe],
+                          capture_output=True, text=True)
+    assert (done.returncode, done.stdout) == (0, "True\n"), done.stderr
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout == "False\n"
+    missing = subprocess.run([sys.executable, "-m", "taxoclip.scale.loopback", str(tmp_path / "no-such-command")],
+                             capture_output=True, text=True)
+    assert missing.returncode == 127 and "no-such-command" in missing.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("given", ["explicit", "auto"])
+@pytest.mark.usefixtures("offline_hub", "private_ray")
+def test_an_address_nothing_listens_on_is_one_line(given, photos, tmp_path):
+    """Ray itself retries such an address for minutes (also `auto` when the recorded instance is
+    gone); the user gets one line at once."""
+    address = f"127.0.0.1:{_free_port()}"
+    env = {**os.environ, "RAY_ADDRESS": address} if given == "auto" else None  # what `auto` finds
+    done = subprocess.run(_taxoclip("predict", *photos, *BIOCLIP, "--address", address if env is None else "auto",
+                                    "-o", tmp_path / "out.csv"), capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 2, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    found = ", found for --address auto," if given == "auto" else ""
+    assert f"cannot reach the Ray cluster at {address}{found} (Connection refused): start it (`ray start --head`) " \
+        "or correct --address" in done.stderr
+    assert not (tmp_path / "out.csv").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@pytest.mark.usefixtures("offline_hub", "private_ray")
+def test_runs_on_a_guarded_head_started_beforehand(some_photos, reference, tmp_path):
+    """The docs' recipe for a Ray instance kept between runs: a head started under the loopback
+    guard, then two runs with `--address 127.0.0.1:PORT`. Both answer as the local engine, every
+    process of the head and of the runs listens on loopback only, and the head outlives the runs."""
+    import psutil
+
+    import tempfile
+
+    port = _free_port()
+    temp_dir = tempfile.mkdtemp(prefix="ray-")  # not the user's /tmp/ray (short: it holds Unix sockets)
+    head = subprocess.Popen([sys.executable, "-m", "taxoclip.scale.loopback", "ray", "start", "--head", "--block",
+                             "--port", str(port), "--temp-dir", temp_dir, "--node-ip-address", "127.0.0.1",
+                             "--num-cpus", "2",
+                             "--include-dashboard", "false", "--object-store-memory", str(256 << 20),
+                             "--disable-usage-stats"], cwd=tmp_path, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "head.txt", "w"))
+    try:
+        deadline = time.monotonic() + 300
+        while True:  # the head is up once its GCS port answers
+            assert head.poll() is None, (tmp_path / "head.txt").read_text()
+            assert time.monotonic() < deadline, "the head did not start in time"
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        for r in range(2):  # the second run finds the head as the first left it
+            run = Watched(_taxoclip("predict", *some_photos, *BIOCLIP, "--k", "3", "--address", f"127.0.0.1:{port}",
+                                    "-o", tmp_path / f"run-{r}.csv"), tmp_path)
+            run.wait()
+            assert run.proc.returncode == 0, run.stderr()
+            assert all(_loopback(ip) for ip, _ in run.listening), sorted(run.listening)
+            same_answers(reference(some_photos), pd.read_csv(tmp_path / f"run-{r}.csv", keep_default_na=False))
+        assert head.poll() is None  # a run does not stop a head it did not start
+        listening = set()
+        for p in [psutil.Process(head.pid), *psutil.Process(head.pid).children(recursive=True)]:
+            try:
+                listening |= {c.laddr.ip for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+            except psutil.Error:
+                pass
+        assert listening and all(_loopback(ip) for ip in listening), sorted(listening)
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops the head's processes on SIGTERM
+        try:
+            head.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_full_disk_keeps_finished_parts_and_the_rerun_completes(offline_hub, photos, tmp_path, capsys, monkeypatch):

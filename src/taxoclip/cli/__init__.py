@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        if getattr(args, "engine", None) == "ray":  # a private Ray instance: under the loopback guard
+        if getattr(args, "engine", None) == "ray" or getattr(args, "address", None):  # under the loopback guard
             from ._options import confine_private_ray
 
             status = confine_private_ray(args)

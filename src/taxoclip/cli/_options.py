@@ -145,13 +145,18 @@ def wants_engine(args: argparse.Namespace) -> bool:
 
 
 def confine_private_ray(args: argparse.Namespace) -> int | None:
-    """A private Ray instance must stay on loopback: re-run this command under the guard
-    (`scale.loopback`) unless it already is, or a cluster address was given. Returns the
-    exit status of that re-run, or None to go on here. `cli.main` calls it before a command
-    starts, so the work before Ray starts is done once, in the re-run."""
-    from ..scale.loopback import run_confined, should_confine
+    """A private Ray instance, or a head started under the guard on this machine's loopback
+    (`--address 127.0.0.1:PORT`), must be driven from a process under the guard
+    (`scale.loopback`): re-run this command so, unless it already is. Returns the exit status
+    of that re-run, or None to go on here. `cli.main` calls it before a command starts, so the
+    work before Ray starts is done once, in the re-run."""
+    from ..scale.loopback import is_loopback_address, run_confined, should_confine
 
-    if args.address or args.engine != "ray" or not should_confine():
+    if args.engine != "ray" and not args.address:
+        return None
+    if args.address and not is_loopback_address(args.address):
+        return None  # a cluster's driver keeps the network settings of its cluster
+    if not should_confine():
         return None
     return run_confined(args.argv)
 

@@ -5,11 +5,18 @@ Ray binds its servers (GCS, raylets, every worker) to all interfaces and resolve
 keeps a single-machine instance private. taxoclip therefore runs such an instance, and the
 driver process, with a tiny `bind()` wrapper (`loopback.c`, built once with the system C
 compiler into the cache) preloaded, and tells Ray its node address is 127.0.0.1. A cluster
-you start yourself (`--address`) keeps the network settings you gave it.
+you start yourself (`--address`) keeps the network settings you gave it; a head you started
+under the guard on this machine (`--address 127.0.0.1:PORT`, or `auto` for it) is driven from a
+confined process too (`is_loopback_address`), since Ray replaces a 127.0.0.1 address with the
+machine's network address, where such a head does not listen.
+
+Start such a head with `python -m taxoclip.scale.loopback ray start --head …`: any command
+after the module name runs with the guard loaded.
 """
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import shutil
 import subprocess
@@ -19,8 +26,8 @@ from pathlib import Path
 
 from ..errors import TaxoclipError
 
-__all__ = ["guard_library", "confined_environment", "is_confined", "run_confined", "should_confine",
-           "stop_descendants_on_term"]
+__all__ = ["guard_library", "confined_environment", "is_confined", "is_loopback_address", "run_confined",
+           "should_confine", "stop_descendants_on_term", "main"]
 
 _MARK = "TAXOCLIP_RAY_LOOPBACK"
 
@@ -55,8 +62,53 @@ def confined_environment(env: dict | None = None) -> dict:
     env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # Ray's single-machine mode: node address = localhost
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     env["RAY_enable_pipe_based_agent_to_parent_health_check"] = "1"  # agents exit with their raylet at once
+    if "RAY_AUTH_MODE" not in env and _has_ray_token(env):
+        # what Ray does for a cluster found with "auto" (and a new one: it makes the token then);
+        # without it a driver given a head's explicit address waits forever on a head that wants it
+        env["RAY_AUTH_MODE"] = "token"
     env[_MARK] = lib
     return env
+
+
+def is_loopback_address(address: str | None) -> bool:
+    """Whether a Ray `--address` names an instance on this machine's loopback interface (`auto`:
+    the one `ray start` began here, as Ray finds it)."""
+    if not address:
+        return False
+    if address == "auto":
+        try:
+            from ray._private.services import get_ray_address_from_environment
+        except ImportError:
+            return False
+        try:
+            address = get_ray_address_from_environment("auto", None)
+        except ConnectionError:  # none running: the engine says so in one line
+            return False
+        if not address or address == "auto":
+            return False
+    if "://" in address:  # Ray Client (ray://) and job-server addresses: not a GCS on this machine
+        return False
+    host = _host(address)
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _host(address: str) -> str:
+    """The host of `host:port`, `[v6]:port`, a bare IPv6 address or a bare host."""
+    if address.startswith("["):
+        return address[1:address.find("]")]
+    return address.rsplit(":", 1)[0] if address.count(":") == 1 else address
+
+
+def _has_ray_token(env: dict) -> bool:
+    if env.get("RAY_AUTH_TOKEN"):
+        return True
+    path = env.get("RAY_AUTH_TOKEN_PATH") or os.path.join(os.path.expanduser("~"), ".ray", "auth_token")
+    return os.path.isfile(path)
 
 
 def is_confined() -> bool:
@@ -146,3 +198,26 @@ def _descendants(root: int) -> list[int]:
             out.append(child)
             todo.append(child)
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m taxoclip.scale.loopback COMMAND …`: COMMAND (`ray start --head …`) under the guard,
+    so a Ray head kept between runs listens on 127.0.0.1 only, as a private instance does."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: python -m taxoclip.scale.loopback COMMAND [ARG …]   e.g. ray start --head --port 6379")
+        return 0 if argv else 2
+    try:
+        env = confined_environment()
+    except TaxoclipError as e:
+        print(f"taxoclip: {e}", file=sys.stderr)
+        return 2
+    try:
+        os.execvpe(argv[0], argv, env)
+    except OSError as e:
+        print(f"taxoclip: cannot run {argv[0]}: {e.strerror}", file=sys.stderr)
+        return 127
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -53,6 +53,7 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None, num_
     if not log.isEnabledFor(logging.INFO):  # Ray's start-up notices are not the user's business
         logging.getLogger("ray").setLevel(logging.ERROR)
     if address:
+        _check_reachable(address)
         ray.init(address=address, **kwargs)
     else:
         from .loopback import is_confined, stop_descendants_on_term
@@ -69,6 +70,31 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None, num_
         yield
     finally:
         ray.shutdown()
+
+
+def _check_reachable(address: str) -> None:
+    """One clear line for an address nothing listens on: Ray itself retries for minutes (for
+    `auto` too, when the instance `ray start` recorded has stopped without a `ray stop`)."""
+    import socket
+
+    given = address
+    if address == "auto":
+        from ray._private.services import get_ray_address_from_environment
+
+        try:
+            address = get_ray_address_from_environment("auto", None)
+        except ConnectionError:
+            raise TaxoclipError("--address auto: no Ray instance started on this machine (`ray start --head`) "
+                                "or named by RAY_ADDRESS") from None
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():  # Ray Client and job addresses: Ray's own checks
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as e:
+        found = f", found for --address {given}," if given != address else ""
+        raise TaxoclipError(f"cannot reach the Ray cluster at {address}{found} ({e.strerror or e}): start it "
+                            "(`ray start --head`) or correct --address") from None
 
 
 def _quiet_ray_data() -> None:
