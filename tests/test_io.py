@@ -2,6 +2,8 @@
 import csv
 import json
 import struct
+import subprocess
+import sys
 import tarfile
 import zlib
 
@@ -12,7 +14,7 @@ import torch
 from PIL import Image
 
 from taxoclip.errors import InputError
-from taxoclip.io import ImageLoader, decode_image, find_images
+from taxoclip.io import ImageLoader, ImageRef, decode_image, find_images
 from taxoclip.io.writers import format_for, open_writer
 from taxoclip.models import ImagePreprocess
 
@@ -155,6 +157,32 @@ def test_pil_resized_preprocess_is_torchvision_to_tensor_and_normalize(mode):
     img = Image.fromarray(np.random.default_rng(1).integers(0, 255, (375, 500, 3), dtype=np.uint8))
     assert torch.equal(pre(img), norm(pre._resize_pil(img)))
 
+
+
+@pytest.mark.parametrize("mode, interpolation", [("shortest", "bicubic"), ("squash", "bicubic"),
+                                                 ("longest", "bilinear"), ("squash", "bilinear")])
+def test_array_pixels_are_the_tensor_pixels(mode, interpolation, tmp_path):
+    """What a torch-free decode worker (the Ray engine's) sends is what the local engine's
+    loader makes, bit for bit, unreadable photos included."""
+    from taxoclip.io.images import load_batch
+
+    Image.fromarray(np.random.default_rng(2).integers(0, 255, (375, 500, 3), dtype=np.uint8)).save(tmp_path / "a.jpg")
+    refs = [ImageRef("a.jpg", path=str(tmp_path / "a.jpg")), ImageRef("gone.jpg", path=str(tmp_path / "gone.jpg"))]
+    pre = ImagePreprocess(size=48, resize_mode=mode, interpolation=interpolation)
+    tensors, arrays = load_batch(refs, pre), load_batch(refs, pre, arrays=True)
+    assert isinstance(arrays.pixels, np.ndarray) and (arrays.ok, arrays.errors) == (tensors.ok, tensors.errors)
+    assert torch.equal(torch.from_numpy(arrays.pixels), tensors.pixels)
+
+
+def test_decoding_to_arrays_does_not_load_torch(tmp_path):
+    """A decode-only process stays small: torch costs ~1.8 s and ~0.8 GB to import."""
+    Image.new("RGB", (90, 60), "olive").save(tmp_path / "a.jpg")
+    probe = ("import sys; from taxoclip.io.images import ImageRef, load_batch; "
+             "from taxoclip.io.preprocess import ImagePreprocess; "
+             f"b = load_batch([ImageRef('a', path={str(tmp_path / 'a.jpg')!r})], ImagePreprocess(size=32), arrays=True); "
+             "print(b.pixels.shape, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.stdout.strip() == "(1, 3, 32, 32) False", done.stderr
 
 def test_csv_writer_streams_rows_and_keeps_full_precision(tmp_path):
     out = tmp_path / "r.csv"

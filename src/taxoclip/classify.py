@@ -24,9 +24,9 @@ import torch
 
 from .errors import InputError
 from .io.images import ImageLoader, ImageRef, default_workers, find_images
+from .io.preprocess import ImagePreprocess
 from .models import (DEFAULT_MODEL, ClipModel, default_batch_size, load_model, resolve, resolve_device,
                      resolve_precision)
-from .models.preprocess import ImagePreprocess
 from .taxonomy import RANKS, Rank
 from .textbank import RANK_COLUMNS, TextBank, read_subset_csv, take_values
 

@@ -308,8 +308,9 @@ def _preprocess_bytes_per_pixel(preprocess) -> int:
     bilinear) holds an RGB copy, its uint8 array and a float32 tensor of the full image."""
     if preprocess is None:
         return 0
-    from ..models.preprocess import ImagePreprocess
+    from .preprocess import ImagePreprocess
 
+    preprocess = getattr(preprocess, "__self__", preprocess)  # `ImagePreprocess.array` costs as its instance
     if isinstance(preprocess, ImagePreprocess):
         return 15 if preprocess.resize_mode == "squash" and preprocess.interpolation == "bilinear" else 1
     return 16  # an unknown transform: assume torchvision-style to_tensor of the full image

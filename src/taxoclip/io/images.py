@@ -178,7 +178,7 @@ class Batch:
     """Preprocessed pixels of the readable images of a batch, and errors for the others."""
 
     refs: list[ImageRef]
-    pixels: "torch.Tensor"  # noqa: F821  [n_ok, 3, H, W]
+    pixels: "torch.Tensor"  # noqa: F821  [n_ok, 3, H, W] (a numpy array from `load_batch(arrays=True)`)
     ok: list[int]  # positions in `refs` of the rows of `pixels`
     errors: dict[int, str]
 
@@ -191,8 +191,9 @@ class _Decoded:
     that could never fit the budget becomes an error row that says so.
     """
 
-    def __init__(self, refs: Sequence[ImageRef], preprocess, draft: bool):
-        self.refs, self.preprocess, self.draft = refs, preprocess, draft
+    def __init__(self, refs: Sequence[ImageRef], preprocess, draft: bool, arrays: bool = False):
+        self.refs, self.draft, self.arrays = refs, draft, arrays
+        self.preprocess = preprocess.array if arrays else preprocess
         self.size: int | None = getattr(preprocess, "size", None)
         self.budget: DecodeBudget | None = None
 
@@ -217,22 +218,28 @@ class _Decoded:
                 src.close()
 
 
-def _collate(items):
-    import torch
-
+def _collate(items, arrays: bool = False):
     ok = [(i, x) for i, x, _ in items if x is not None]
-    pixels = torch.stack([x for _, x in ok]) if ok else torch.empty(0)
+    if arrays:
+        import numpy as np
+
+        pixels = np.stack([x for _, x in ok]) if ok else np.empty((0,), dtype=np.float32)
+    else:
+        import torch
+
+        pixels = torch.stack([x for _, x in ok]) if ok else torch.empty(0)
     return [i for i, _ in ok], pixels, {i: err for i, _, err in items if err is not None}
 
 
 def load_batch(refs: Sequence[ImageRef], preprocess, *, draft: bool = True,
-               budget: DecodeBudget | None = None) -> Batch:
+               budget: DecodeBudget | None = None, arrays: bool = False) -> Batch:
     """Decode and preprocess `refs` here, in this process: what one `ImageLoader` worker does
-    for one batch (engines that schedule decoding themselves, e.g. on Ray, call this)."""
+    for one batch (engines that schedule decoding themselves, e.g. on Ray, call this).
+    `arrays`: the pixels as a numpy array, made without importing torch (an `ImagePreprocess`)."""
     refs = list(refs)
-    dataset = _Decoded(refs, preprocess, draft)
+    dataset = _Decoded(refs, preprocess, draft, arrays)
     dataset.budget = budget
-    ok, pixels, errors = _collate([dataset[i] for i in range(len(refs))])
+    ok, pixels, errors = _collate([dataset[i] for i in range(len(refs))], arrays)
     return Batch(refs, pixels, ok, errors)
 
 

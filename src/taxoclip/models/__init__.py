@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
+from ..io.preprocess import ImagePreprocess
 from .clip import ClipModel
 from .loading import BUNDLE_FIX, ModelLoadError, ModelSource, hf_file, instantiate, resolve
-from .preprocess import ImagePreprocess
 from .registry import ModelCard, find_card, list_cards, register
 from .runtime import configure_threads, default_batch_size, release_memory, resolve_device, resolve_precision
 

@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cache import cache_root, hash_key
+from ..io.preprocess import ImagePreprocess
 from . import inference
 from .loading import (ModelSource, fast_load, fix_derived_buffers, full_load, is_text_key, load_weights, meta_leftovers,
                       read_scalars)
-from .preprocess import ImagePreprocess
 
 __all__ = ["ClipModel"]
 

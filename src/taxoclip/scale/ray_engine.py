@@ -190,7 +190,8 @@ def _draft(task, device: str) -> bool:
 
 
 def _decode(table, *, preprocess, draft: bool) -> dict:
-    """Ray Data stage: inputs -> preprocessed pixels (zeros and an error for unreadable photos)."""
+    """Ray Data stage: inputs -> preprocessed pixels (zeros and an error for unreadable photos).
+    Without torch: a decode worker stays a small process (`io.preprocess`)."""
     import numpy as np
 
     from ..io.images import load_batch
@@ -198,10 +199,10 @@ def _decode(table, *, preprocess, draft: bool) -> dict:
     cols = {c: table.column(c).to_pylist() for c in ("index", "name", "path", "offset", "size")}
     refs = [ImageRef(n, path=p, offset=o, size=s) for n, p, o, s in
             zip(cols["name"], cols["path"], cols["offset"], cols["size"])]
-    batch = load_batch(refs, preprocess, draft=draft)
+    batch = load_batch(refs, preprocess, draft=draft, arrays=True)
     pixels = np.zeros((len(refs), 3, preprocess.size, preprocess.size), dtype=np.float32)
     if batch.ok:
-        pixels[batch.ok] = batch.pixels.numpy()
+        pixels[batch.ok] = batch.pixels
     return {"index": np.asarray(cols["index"], dtype=np.int64), "name": np.asarray(cols["name"], dtype=object),
             "pixels": pixels, "error": np.asarray([batch.errors.get(i, "") for i in range(len(refs))], dtype=object)}
 

@@ -51,7 +51,7 @@ class Task:
         """The image preprocessing of this task's model, known without loading the model (so
         decoding can start, or run on other machines, before the weights are read)."""
         from ..models import resolve
-        from ..models.preprocess import ImagePreprocess
+        from ..io.preprocess import ImagePreprocess
 
         return ImagePreprocess.from_config(resolve(self.model, self.pretrained).preprocess_cfg)
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from ..models.preprocess import ImagePreprocess
+from ..io.preprocess import ImagePreprocess
 from ..taxonomy import RANKS, Rank, Taxon, apply_templates, render_caption
 from .config import EvalConfig
 from .data import image_member, in_split, decode_image, find_shards, read_samples, sample_taxon

@@ -562,7 +562,7 @@ def _evaluate(evaluator, trainer: Trainer) -> dict:
 def _evaluator(cfg: TrainConfig, trainer: Trainer, info: DistInfo):
     if not cfg.eval.data:
         return None
-    from ..models.preprocess import ImagePreprocess
+    from ..io.preprocess import ImagePreprocess
     from .evaluate import Evaluator
 
     pre = ImagePreprocess.from_config(_export_preprocess(trainer))
