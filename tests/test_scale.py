@@ -389,6 +389,20 @@ def test_a_command_run_under_the_guard_is_confined(tmp_path):
     assert missing.returncode == 127 and "no-such-command" in missing.stderr
 
 
+@pytest.mark.usefixtures("offline_hub")
+def test_a_ray_driver_knows_the_model_without_torch(photos, tmp_path):
+    """What the driver decides (the run's identity, preprocessing, batch size, draft decoding)
+    needs no torch: importing it (1.8 s on 2 cores, ~0.8 GB) delayed every Ray job's start."""
+    probe = ("import sys; from taxoclip.scale import PartDir, PredictTask; "
+             "from taxoclip.io.images import find_images; "
+             "from taxoclip.scale.ray_engine import _default_batch_size, _draft; "
+             f"t = PredictTask(model='bioclip-2', precision='fp32'); refs, _ = find_images([{str(photos[0])!r}]); "
+             f"PartDir.open({str(tmp_path / 'run')!r}, t, refs, part_size=10); "
+             "print(_default_batch_size(t, 'cpu'), _draft(t, 'cpu'), 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.stdout.split() == ["16", "False", "False"], done.stderr  # fp32: full-size decoding
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -25,8 +25,9 @@ import torch
 from .errors import InputError
 from .io.images import ImageLoader, ImageRef, default_workers, find_images
 from .io.preprocess import ImagePreprocess
-from .models import (DEFAULT_MODEL, ClipModel, default_batch_size, load_model, resolve, resolve_device,
-                     resolve_precision)
+from .io.writers import ERROR, FILE_NAME, SCORE, prediction_columns
+from .models import DEFAULT_MODEL, ClipModel, load_model, resolve, resolve_device, resolve_precision
+from .models.runtime import batch_size_for, wants_draft
 from .taxonomy import RANKS, Rank
 from .textbank import RANK_COLUMNS, TextBank, read_subset_csv, take_values
 
@@ -37,22 +38,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FILE_NAME, SCORE, ERROR = "file_name", "score", "error"
 # Compiling the image tower costs 30-50 s once per process; it pays off only on long runs.
 COMPILE_MIN_IMAGES = int(os.environ.get("TAXOCLIP_COMPILE_MIN_IMAGES", "2000"))
 Images = Iterable["str | os.PathLike | ImageRef | object"] | str
-
-
-def prediction_columns(rank: Rank | str | None) -> list[str]:
-    """pybioclip's output columns for a rank (None: custom labels), plus `error`."""
-    if rank is None:
-        return [FILE_NAME, "classification", SCORE, ERROR]
-    r = Rank.parse(rank)
-    if r is Rank.SPECIES:
-        ranks = RANK_COLUMNS[:6] + ["species_epithet", "species", "common_name"]
-    else:
-        ranks = list(RANKS[: r + 1])
-    return [FILE_NAME, *ranks, SCORE, ERROR]
 
 
 @dataclass
@@ -375,10 +363,7 @@ def start_loader(inputs: Iterable, *, model: str = DEFAULT_MODEL, pretrained: st
 
 
 def _batch_size(card, device: torch.device) -> int:
-    """Images per model call: a model card's own CPU figure (small models want larger batches), else the device's."""
-    if card is not None and card.batch_size and device.type == "cpu":
-        return card.batch_size
-    return default_batch_size(device)
+    return batch_size_for(card, device.type)
 
 
 def _image_loader(refs: Sequence[ImageRef], preprocess, device: torch.device, dtype: torch.dtype,
@@ -394,4 +379,4 @@ def _image_loader(refs: Sequence[ImageRef], preprocess, device: torch.device, dt
 
 def draft_decoding(card, dtype: torch.dtype) -> bool:
     """Whether JPEGs are decoded at reduced size (`ImageLoader(draft=…)`) for this model."""
-    return card.draft_decode if card is not None and card.draft_decode is not None else dtype != torch.float32
+    return wants_draft(card, "fp32" if dtype == torch.float32 else "reduced")

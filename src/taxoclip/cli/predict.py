@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         if deciding or args.prototypes:
             raise InputError("decisions (--decide, --scores, --prior …) and --prototypes are not run by --engine ray "
                              "or --output DIR/ yet; run them with the local engine and a file output")
-        from ..scale import PredictTask  # light: torch is imported while Ray starts (`scale.run`)
+        from ..scale import PredictTask  # light: no torch (the local engine imports it when it loads the model)
 
         labels = tuple(_classes(args.cls)) if args.cls else ()
         bins = ()

@@ -19,8 +19,23 @@ from pathlib import Path
 from typing import IO, Callable, Iterable, Iterator, Sequence
 
 from ..durable import DiskFull, atomic_file, is_disk_full
+from ..taxonomy import RANKS, Rank
 
-__all__ = ["WRITERS", "open_writer", "format_for", "ResultWriter"]
+__all__ = ["WRITERS", "open_writer", "format_for", "ResultWriter", "prediction_columns"]
+
+FILE_NAME, SCORE, ERROR = "file_name", "score", "error"
+
+
+def prediction_columns(rank: Rank | str | None) -> list[str]:
+    """pybioclip's output columns for a rank (None: custom labels), plus `error`."""
+    if rank is None:
+        return [FILE_NAME, "classification", SCORE, ERROR]
+    r = Rank.parse(rank)
+    if r is Rank.SPECIES:
+        ranks = [*RANKS[:6], "species_epithet", "species", "common_name"]
+    else:
+        ranks = list(RANKS[: r + 1])
+    return [FILE_NAME, *ranks, SCORE, ERROR]
 
 
 class ResultWriter:

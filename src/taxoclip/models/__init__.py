@@ -7,15 +7,32 @@
 """
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..io.preprocess import ImagePreprocess
-from .clip import ClipModel
-from .loading import BUNDLE_FIX, ModelLoadError, ModelSource, hf_file, instantiate, resolve
 from .registry import ModelCard, find_card, list_cards, register
-from .runtime import configure_threads, default_batch_size, release_memory, resolve_device, resolve_precision
+from .runtime import default_batch_size, resolve_device, resolve_precision
+from .sources import BUNDLE_FIX, ModelLoadError, ModelSource, hf_file, resolve
+
+if TYPE_CHECKING:
+    import torch
+
+    from .clip import ClipModel
+    from .loading import instantiate
+
+# What imports torch loads on first use: knowing a model (`resolve`: its files, card, identity
+# and preprocessing) does not need it, so a Ray driver or a decode worker stays small.
+_LAZY = {"ClipModel": ".clip", "instantiate": ".loading"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "ClipModel", "ModelCard", "ModelLoadError", "ModelSource", "ImagePreprocess",
@@ -33,6 +50,9 @@ def load_model(model_id: str = DEFAULT_MODEL, *, pretrained: str | None = None, 
     `text=False` defers reading the text tower until a text is encoded (a Tree-of-Life
     prediction never needs it). Raises `ModelLoadError` with the id and the cause.
     """
+    from .clip import ClipModel
+    from .runtime import configure_threads, release_memory
+
     configure_threads()
     dev = resolve_device(device)
     dtype = resolve_precision(precision, dev)

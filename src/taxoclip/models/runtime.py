@@ -3,14 +3,18 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-__all__ = ["resolve_device", "resolve_precision", "default_batch_size", "DTYPES", "cpu_has_fast_bf16",
-           "cpu_flags", "int8_scan_pays", "configure_threads", "release_memory"]
+__all__ = ["resolve_device", "resolve_precision", "precision_name", "default_batch_size", "batch_size_for",
+           "wants_draft", "cpu_has_fast_bf16", "cpu_flags", "int8_scan_pays", "configure_threads", "release_memory"]
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-PRECISIONS = ("auto", *DTYPES)
+# torch is imported where a device or dtype object is made: the decisions by name (precision,
+# batch size, draft decoding) are a Ray driver's too, which never loads a model
+DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+PRECISIONS = ("auto", *DTYPE_NAMES)
 DEVICES = ("auto", "cpu", "cuda", "mps")
 # Images per model call. On CPUs larger batches only add cache misses, smaller ones repeat the
 # vocabulary scan (0.4 s each): `taxoclip predict` of ViT-L/14 in bf16 ran at 1.69 photos/s
@@ -21,6 +25,8 @@ BATCH_SIZES = {"cpu": 16, "cuda": 128, "mps": 32}
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """`auto` picks CUDA, then Apple's MPS, then the CPU; asking for a missing one is an error."""
+    import torch
+
     if isinstance(device, torch.device):
         return device
     name = str(device).lower()
@@ -40,6 +46,20 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 def default_batch_size(device: torch.device | str = "auto") -> int:
     return BATCH_SIZES.get(resolve_device(device).type, 16)
+
+
+def batch_size_for(card, device_type: str) -> int:
+    """Images per model call: a model card's own CPU figure (small models want larger batches), else the device's."""
+    if card is not None and card.batch_size and device_type == "cpu":
+        return card.batch_size
+    return BATCH_SIZES.get(device_type, 16)
+
+
+def wants_draft(card, precision: str) -> bool:
+    """Whether JPEGs are decoded at reduced size (`ImageLoader(draft=…)`) for a model run in
+    `precision` (a name): its card says, else reduced precision does (fp32 stays faithful to
+    pybioclip)."""
+    return card.draft_decode if card is not None and card.draft_decode is not None else precision != "fp32"
 
 
 @functools.lru_cache(maxsize=1)
@@ -71,25 +91,36 @@ def int8_scan_pays() -> bool:
     return "avx512f" not in cpu_flags()
 
 
-def resolve_precision(precision: str = "auto", device: torch.device | str = "cpu") -> torch.dtype:
-    """`auto` = bf16 where the hardware runs it natively (cosine >= 0.999 with fp32), else fp32."""
+def precision_name(precision: str = "auto", device_type: str = "cpu") -> str:
+    """What `resolve_precision` gives, by name ("fp32", "bf16", "fp16"); imports torch only to
+    ask a CUDA device about bf16."""
     name = str(precision).lower()
     if name not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
-    dev = torch.device(device)
     if name != "auto":
-        if name == "fp16" and dev.type == "cpu":
+        if name == "fp16" and device_type == "cpu":
             raise ValueError("fp16 is not supported on the CPU (no fast kernels); use bf16 or fp32")
-        return DTYPES[name]
-    if dev.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if dev.type == "mps":
-        return torch.float16
-    return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+        return name
+    if device_type == "cuda":
+        import torch
+
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device_type == "mps":
+        return "fp16"
+    return "bf16" if cpu_has_fast_bf16() else "fp32"
+
+
+def resolve_precision(precision: str = "auto", device: torch.device | str = "cpu") -> torch.dtype:
+    """`auto` = bf16 where the hardware runs it natively (cosine >= 0.999 with fp32), else fp32."""
+    import torch
+
+    return getattr(torch, DTYPE_NAMES[precision_name(precision, torch.device(device).type)])
 
 
 def configure_threads() -> int:
     """Use every core we are allowed for intra-op work (containers often cap the CPU set)."""
+    import torch
+
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, n))

@@ -51,7 +51,7 @@ def run(task: Task, inputs: Iterable[str | os.PathLike], output: str | os.PathLi
 
         from .ray_engine import ray_session, run_ray
 
-        # the parts (and the model code, torch, they import) open while Ray starts: seconds saved
+        # the parts open (inputs listed and hashed, the model's files found) while Ray starts
         with ThreadPoolExecutor(1) as pool:
             opening = pool.submit(PartDir.open, output, task, refs, part_size=part_size)
             with ray_session(address, object_store_memory=object_store_memory):

@@ -175,18 +175,19 @@ def _decode_tasks(workers: int, gpus_per_worker: float) -> int:
 
 
 def _default_batch_size(task, device: str) -> int:
-    from ..classify import _batch_size
+    """The local engine's batch size for the model, decided without torch: the driver never
+    loads the model, and importing torch here (1.8 s on 2 cores) delayed every job's start."""
     from ..models import resolve
-    import torch
+    from ..models.runtime import batch_size_for
 
-    return _batch_size(resolve(task.model, task.pretrained).card, torch.device(device))
+    return batch_size_for(resolve(task.model, task.pretrained).card, device)
 
 
 def _draft(task, device: str) -> bool:
-    from ..classify import draft_decoding
-    from ..models import resolve, resolve_precision
+    from ..models import resolve
+    from ..models.runtime import precision_name, wants_draft
 
-    return draft_decoding(resolve(task.model, task.pretrained).card, resolve_precision(task.precision, device))
+    return wants_draft(resolve(task.model, task.pretrained).card, precision_name(task.precision, device))
 
 
 def _decode(table, *, preprocess, draft: bool) -> dict:

@@ -84,7 +84,7 @@ class PredictTask(Task):
         return bool(self.labels or self.bins)
 
     def columns(self) -> list[str]:
-        from ..classify import prediction_columns
+        from ..io.writers import prediction_columns
 
         return prediction_columns(None if self.custom else self.rank)
 
