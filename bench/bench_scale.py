@@ -23,9 +23,6 @@ import argparse
 import contextlib
 import os
 import re
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -70,39 +67,16 @@ def timed(cmd: list[str]) -> tuple[float, float | None, float | None]:
 
 @contextlib.contextmanager
 def loopback_head(cpus: int):
-    """A Ray head on 127.0.0.1 for the length of the block: its address."""
+    """A guarded Ray head for the length of the block, checked to listen on loopback only: its address."""
     import psutil
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    temp_dir = tempfile.mkdtemp(prefix="ray-")  # not the user's /tmp/ray
-    head = subprocess.Popen([sys.executable, "-m", "taxoclip.scale.loopback",  # the docs' recipe
-                             "ray", "start", "--head", "--block", "--port", str(port), "--temp-dir", temp_dir,
-                             "--node-ip-address", "127.0.0.1", "--num-cpus", str(cpus), "--include-dashboard",
-                             "false", "--object-store-memory", str(512 << 20), "--disable-usage-stats"],
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # the GCS port answers once the head is up
-            if head.poll() is not None:
-                sys.exit(f"ray start failed: {head.stderr.read().decode()[-2000:]}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.2)  # polling a starting server: nothing to wait on but the socket
+    from taxoclip.scale.loopback import guarded_head
+
+    with guarded_head(num_cpus=cpus) as (address, head):
         procs = [psutil.Process(head.pid)] + psutil.Process(head.pid).children(recursive=True)
         ips = {c.laddr.ip for p in procs for c in p.net_connections() if c.status == "LISTEN"}
         assert ips <= {"127.0.0.1", "::ffff:127.0.0.1"}, f"the head listens on {ips}"
-        yield f"127.0.0.1:{port}"
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops its processes on SIGTERM
-        try:
-            head.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        yield address
 
 
 def main() -> None:

@@ -158,7 +158,6 @@ def test_pil_resized_preprocess_is_torchvision_to_tensor_and_normalize(mode):
     assert torch.equal(pre(img), norm(pre._resize_pil(img)))
 
 
-
 @pytest.mark.parametrize("mode, interpolation", [("shortest", "bicubic"), ("squash", "bicubic"),
                                                  ("longest", "bilinear"), ("squash", "bilinear")])
 def test_array_pixels_are_the_tensor_pixels(mode, interpolation, tmp_path):
@@ -183,6 +182,7 @@ def test_decoding_to_arrays_does_not_load_torch(tmp_path):
              "print(b.pixels.shape, 'torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert done.stdout.strip() == "(1, 3, 32, 32) False", done.stderr
+
 
 def test_csv_writer_streams_rows_and_keeps_full_precision(tmp_path):
     out = tmp_path / "r.csv"

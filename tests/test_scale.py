@@ -367,12 +367,21 @@ def test_ray_data_build_equals_local_build(tmp_path):
     ("127.0.0.1:6379", True), ("127.8.0.1:6379", True), ("localhost:6379", True), ("[::1]:6379", True),
     ("10.0.0.5:6379", False), ("head.cluster.example:6379", False), ("[2001:db8::5]:6379", False),
     ("ray://127.0.0.1:10001", False), ("http://127.0.0.1:8265", False), ("", False), (None, False)])
-def test_an_address_on_loopback_is_driven_from_under_the_guard(address, loopback):
+def test_which_addresses_are_this_machines_loopback(address, loopback):
     """Only a head on this machine's loopback gets a confined driver: Ray would turn 127.0.0.1 into
     the network address, where a guarded head does not listen; a real cluster keeps its settings."""
     from taxoclip.scale.loopback import is_loopback_address
 
     assert is_loopback_address(address) is loopback
+
+
+@pytest.mark.parametrize("address, parts", [("127.0.0.1:6379", ("127.0.0.1", 6379)), ("[::1]:6379", ("::1", 6379)),
+                                             ("::1", ("::1", None)), ("head", ("head", None)),
+                                             ("head:port", ("head", None))])
+def test_host_and_port_of_an_address(address, parts):
+    from taxoclip.scale.loopback import host_port
+
+    assert host_port(address) == parts
 
 
 def test_a_command_run_under_the_guard_is_confined(tmp_path):
@@ -435,28 +444,11 @@ def test_runs_on_a_guarded_head_started_beforehand(some_photos, reference, tmp_p
     process of the head and of the runs listens on loopback only, and the head outlives the runs."""
     import psutil
 
-    import tempfile
+    from taxoclip.scale.loopback import guarded_head
 
-    port = _free_port()
-    temp_dir = tempfile.mkdtemp(prefix="ray-")  # not the user's /tmp/ray (short: it holds Unix sockets)
-    head = subprocess.Popen([sys.executable, "-m", "taxoclip.scale.loopback", "ray", "start", "--head", "--block",
-                             "--port", str(port), "--temp-dir", temp_dir, "--node-ip-address", "127.0.0.1",
-                             "--num-cpus", "2",
-                             "--include-dashboard", "false", "--object-store-memory", str(256 << 20),
-                             "--disable-usage-stats"], cwd=tmp_path, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "head.txt", "w"))
-    try:
-        deadline = time.monotonic() + 300
-        while True:  # the head is up once its GCS port answers
-            assert head.poll() is None, (tmp_path / "head.txt").read_text()
-            assert time.monotonic() < deadline, "the head did not start in time"
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.5)
+    with guarded_head(num_cpus=2, object_store_memory=256 << 20) as (address, head):
         for r in range(2):  # the second run finds the head as the first left it
-            run = Watched(_taxoclip("predict", *some_photos, *BIOCLIP, "--k", "3", "--address", f"127.0.0.1:{port}",
+            run = Watched(_taxoclip("predict", *some_photos, *BIOCLIP, "--k", "3", "--address", address,
                                     "-o", tmp_path / f"run-{r}.csv"), tmp_path)
             run.wait()
             assert run.proc.returncode == 0, run.stderr()
@@ -470,14 +462,7 @@ def test_runs_on_a_guarded_head_started_beforehand(some_photos, reference, tmp_p
             except psutil.Error:
                 pass
         assert listening and all(_loopback(ip) for ip in listening), sorted(listening)
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops the head's processes on SIGTERM
-        try:
-            head.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-        shutil.rmtree(temp_dir, ignore_errors=True)
-
+    assert head.poll() is not None  # stopped with the block
 
 def test_full_disk_keeps_finished_parts_and_the_rerun_completes(offline_hub, photos, tmp_path, capsys, monkeypatch):
     import errno

@@ -70,7 +70,7 @@ class _Base:
         pretrained = pretrained or pretrained_str
         self.model = model if isinstance(model, ClipModel) else load_model(
             model, pretrained=pretrained, device=device, precision=precision, text=self.needs_text)
-        self.batch_size = batch_size or _batch_size(self.model.card, self.model.device)
+        self.batch_size = batch_size or batch_size_for(self.model.card, self.model.device.type)
         self.workers = workers
         self.compile = compile
 
@@ -362,17 +362,13 @@ def start_loader(inputs: Iterable, *, model: str = DEFAULT_MODEL, pretrained: st
     return loader.start(), problems
 
 
-def _batch_size(card, device: torch.device) -> int:
-    return batch_size_for(card, device.type)
-
-
 def _image_loader(refs: Sequence[ImageRef], preprocess, device: torch.device, dtype: torch.dtype,
                   batch_size: int | None, workers: int | None, card=None,
                   max_decode_memory: int | str | None = None) -> ImageLoader:
     """The loader for a model on `device` in `dtype`: batch size and decoding workers suit the device;
     JPEG draft decoding belongs to the reduced-precision path (fp32 stays faithful to pybioclip), or
     to models whose card asks for it (small inputs, where full-size decoding would dominate)."""
-    return ImageLoader(refs, preprocess, batch_size=batch_size or _batch_size(card, device),
+    return ImageLoader(refs, preprocess, batch_size=batch_size or batch_size_for(card, device.type),
                        workers=default_workers(accelerator=device.type != "cpu") if workers is None else workers,
                        draft=draft_decoding(card, dtype), max_decode_memory=max_decode_memory)
 

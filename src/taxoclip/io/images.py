@@ -192,7 +192,7 @@ class _Decoded:
     """
 
     def __init__(self, refs: Sequence[ImageRef], preprocess, draft: bool, arrays: bool = False):
-        self.refs, self.draft, self.arrays = refs, draft, arrays
+        self.refs, self.draft = refs, draft
         self.preprocess = preprocess.array if arrays else preprocess
         self.size: int | None = getattr(preprocess, "size", None)
         self.budget: DecodeBudget | None = None

@@ -15,6 +15,7 @@ after the module name runs with the guard loaded.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import os
@@ -23,11 +24,12 @@ import subprocess
 import sys
 from importlib import resources
 from pathlib import Path
+from typing import Iterator
 
 from ..errors import TaxoclipError
 
-__all__ = ["guard_library", "confined_environment", "is_confined", "is_loopback_address", "run_confined",
-           "should_confine", "stop_descendants_on_term", "main"]
+__all__ = ["guard_library", "confined_environment", "is_confined", "is_loopback_address", "ray_address",
+           "host_port", "guarded_head", "run_confined", "should_confine", "stop_descendants_on_term", "main"]
 
 _MARK = "TAXOCLIP_RAY_LOOPBACK"
 
@@ -70,38 +72,46 @@ def confined_environment(env: dict | None = None) -> dict:
     return env
 
 
+def ray_address(address: str) -> str:
+    """`address` as Ray will use it: `auto` becomes the instance `ray start` recorded here (or
+    RAY_ADDRESS); raises ConnectionError when there is none."""
+    if address != "auto":
+        return address
+    from ray._private.services import get_ray_address_from_environment
+
+    return get_ray_address_from_environment("auto", None)
+
+
+def host_port(address: str) -> tuple[str, int | None]:
+    """The host and port of `host:port`, `[v6]:port`, a bare IPv6 address or a bare host."""
+    if address.startswith("["):
+        host, _, rest = address[1:].partition("]")
+        port = rest.lstrip(":")
+    elif address.count(":") == 1:
+        host, _, port = address.partition(":")
+    else:
+        host, port = address, ""
+    return host, int(port) if port.isdigit() else None
+
+
 def is_loopback_address(address: str | None) -> bool:
     """Whether a Ray `--address` names an instance on this machine's loopback interface (`auto`:
     the one `ray start` began here, as Ray finds it)."""
     if not address:
         return False
-    if address == "auto":
-        try:
-            from ray._private.services import get_ray_address_from_environment
-        except ImportError:
-            return False
-        try:
-            address = get_ray_address_from_environment("auto", None)
-        except ConnectionError:  # none running: the engine says so in one line
-            return False
-        if not address or address == "auto":
-            return False
+    try:
+        address = ray_address(address)
+    except (ImportError, ConnectionError):  # no Ray, or none running: the engine says so in one line
+        return False
     if "://" in address:  # Ray Client (ray://) and job-server addresses: not a GCS on this machine
         return False
-    host = _host(address)
+    host = host_port(address)[0]
     if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _host(address: str) -> str:
-    """The host of `host:port`, `[v6]:port`, a bare IPv6 address or a bare host."""
-    if address.startswith("["):
-        return address[1:address.find("]")]
-    return address.rsplit(":", 1)[0] if address.count(":") == 1 else address
 
 
 def _has_ray_token(env: dict) -> bool:
@@ -198,6 +208,52 @@ def _descendants(root: int) -> list[int]:
             out.append(child)
             todo.append(child)
     return out
+
+
+@contextlib.contextmanager
+def guarded_head(num_cpus: int | None = None, object_store_memory: int = 512 << 20,
+                 timeout: float = 300) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A Ray head under the guard on a free 127.0.0.1 port for the length of the block: its address
+    and its `ray start` process. What `python -m taxoclip.scale.loopback ray start --head …` starts
+    by hand, for benches and tests that measure runs on a head started beforehand."""
+    import signal
+    import socket
+    import tempfile
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    temp_dir = tempfile.mkdtemp(prefix="ray-")  # not the user's /tmp/ray (short: it holds Unix sockets)
+    err = tempfile.TemporaryFile()
+    head = subprocess.Popen([sys.executable, "-m", "taxoclip.scale.loopback", "ray", "start", "--head", "--block", "--port", str(port),
+                             "--temp-dir", temp_dir, "--node-ip-address", "127.0.0.1",
+                             "--num-cpus", str(num_cpus or os.cpu_count() or 1), "--include-dashboard", "false",
+                             "--object-store-memory", str(object_store_memory), "--disable-usage-stats"],
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:  # the head is up once its GCS port answers
+            if head.poll() is not None:
+                err.seek(0)
+                raise TaxoclipError(f"ray start failed: {err.read().decode(errors='replace')[-2000:]}")
+            if time.monotonic() > deadline:
+                raise TaxoclipError(f"the Ray head on 127.0.0.1:{port} did not start within {timeout:.0f} s")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.2)  # a starting server: nothing to wait on but its socket
+        yield f"127.0.0.1:{port}", head
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops the head's processes on SIGTERM
+        try:
+            head.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+        err.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

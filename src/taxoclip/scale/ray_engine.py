@@ -77,23 +77,21 @@ def _check_reachable(address: str) -> None:
     `auto` too, when the instance `ray start` recorded has stopped without a `ray stop`)."""
     import socket
 
-    given = address
-    if address == "auto":
-        from ray._private.services import get_ray_address_from_environment
+    from .loopback import host_port, ray_address
 
-        try:
-            address = get_ray_address_from_environment("auto", None)
-        except ConnectionError:
-            raise TaxoclipError("--address auto: no Ray instance started on this machine (`ray start --head`) "
-                                "or named by RAY_ADDRESS") from None
-    host, _, port = address.rpartition(":")
-    if "://" in address or not host or not port.isdigit():  # Ray Client and job addresses: Ray's own checks
+    try:
+        found = ray_address(address)
+    except ConnectionError:
+        raise TaxoclipError(f"--address {address}: no Ray instance started on this machine (`ray start --head`) "
+                            "or named by RAY_ADDRESS") from None
+    host, port = host_port(found)
+    if "://" in found or port is None:  # Ray Client and job addresses: Ray's own checks
         return
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+        socket.create_connection((host, port), timeout=5).close()
     except OSError as e:
-        found = f", found for --address {given}," if given != address else ""
-        raise TaxoclipError(f"cannot reach the Ray cluster at {address}{found} ({e.strerror or e}): start it "
+        via = f", found for --address {address}," if found != address else ""
+        raise TaxoclipError(f"cannot reach the Ray cluster at {found}{via} ({e.strerror or e}): start it "
                             "(`ray start --head`) or correct --address") from None
 
 
